@@ -1,0 +1,445 @@
+// Package tree is the in-memory model of a file tree that sources produce
+// (OCI images, directories, tarballs, inline files) and filesystem writers
+// consume. Nothing is extracted to the host: ownership, modes, times, xattrs,
+// device numbers and hard links live here, so they survive without root.
+//
+// A directory entry (Entry) names an Inode; two entries that share one
+// *Inode are hard links. Directory entries are kept sorted by name, so every
+// walk is deterministic.
+package tree
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Type is the kind of an inode.
+type Type uint8
+
+// Inode types.
+const (
+	Regular Type = iota + 1
+	Dir
+	Symlink
+	CharDevice
+	BlockDevice
+	FIFO
+	Socket
+)
+
+var typeNames = map[Type]string{
+	Regular:     "regular",
+	Dir:         "dir",
+	Symlink:     "symlink",
+	CharDevice:  "char-device",
+	BlockDevice: "block-device",
+	FIFO:        "fifo",
+	Socket:      "socket",
+}
+
+// String returns the type's name.
+func (t Type) String() string {
+	if s, ok := typeNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Sentinel errors.
+var (
+	ErrNotExist    = errors.New("tree: no such file or directory")
+	ErrNotDir      = errors.New("tree: not a directory")
+	ErrBadPath     = errors.New("tree: path escapes the root or is malformed")
+	ErrExist       = errors.New("tree: file exists")
+	ErrIsDir       = errors.New("tree: is a directory")
+	ErrNameTooLong = errors.New("tree: name longer than 255 bytes")
+)
+
+// MaxNameLen is the longest name a directory entry may have, in bytes.
+const MaxNameLen = 255
+
+// Content is where a regular file's bytes come from. Open may be called
+// more than once (a writer may read a file twice, or from several
+// goroutines); each call returns an independent reader from byte 0.
+type Content interface {
+	Open() (io.ReadCloser, error)
+}
+
+// Xattr is one extended attribute.
+type Xattr struct {
+	Name  string // full name with namespace, e.g. "security.capability"
+	Value []byte
+}
+
+// Inode is a file's metadata and content. Several entries may point at the
+// same Inode (hard links); writers detect that by pointer identity.
+type Inode struct {
+	Type  Type
+	Perm  uint16 // permission bits including setuid, setgid and sticky (07777)
+	UID   uint32
+	GID   uint32
+	Mtime time.Time // nanosecond precision is kept
+	// Xattrs are sorted by Name (see SetXattr).
+	Xattrs []Xattr
+
+	// Size is the length of a regular file's content in bytes.
+	Size int64
+	// Content supplies a regular file's bytes; nil means Size zero bytes.
+	Content Content
+
+	// Target is a symlink's target, stored verbatim (never followed).
+	Target string
+
+	// Major and Minor are a device node's numbers.
+	Major, Minor uint32
+
+	// Entries are a directory's children, sorted by name.
+	Entries []Entry
+}
+
+// Entry is a name in a directory.
+type Entry struct {
+	Name  string
+	Inode *Inode
+}
+
+// IsDir reports whether the inode is a directory.
+func (n *Inode) IsDir() bool { return n.Type == Dir }
+
+// Child returns the inode named name in directory n, or nil.
+func (n *Inode) Child(name string) *Inode {
+	i := sort.Search(len(n.Entries), func(i int) bool { return n.Entries[i].Name >= name })
+	if i < len(n.Entries) && n.Entries[i].Name == name {
+		return n.Entries[i].Inode
+	}
+	return nil
+}
+
+// setChild inserts or replaces the entry name in directory n.
+func (n *Inode) setChild(name string, child *Inode) {
+	i := sort.Search(len(n.Entries), func(i int) bool { return n.Entries[i].Name >= name })
+	if i < len(n.Entries) && n.Entries[i].Name == name {
+		n.Entries[i].Inode = child
+		return
+	}
+	n.Entries = append(n.Entries, Entry{})
+	copy(n.Entries[i+1:], n.Entries[i:])
+	n.Entries[i] = Entry{Name: name, Inode: child}
+}
+
+// removeChild deletes the entry name from directory n; it reports whether
+// the entry existed.
+func (n *Inode) removeChild(name string) bool {
+	i := sort.Search(len(n.Entries), func(i int) bool { return n.Entries[i].Name >= name })
+	if i < len(n.Entries) && n.Entries[i].Name == name {
+		n.Entries = append(n.Entries[:i], n.Entries[i+1:]...)
+		return true
+	}
+	return false
+}
+
+// SetXattr sets an extended attribute, keeping Xattrs sorted by name.
+func (n *Inode) SetXattr(name string, value []byte) {
+	i := sort.Search(len(n.Xattrs), func(i int) bool { return n.Xattrs[i].Name >= name })
+	if i < len(n.Xattrs) && n.Xattrs[i].Name == name {
+		n.Xattrs[i].Value = value
+		return
+	}
+	n.Xattrs = append(n.Xattrs, Xattr{})
+	copy(n.Xattrs[i+1:], n.Xattrs[i:])
+	n.Xattrs[i] = Xattr{Name: name, Value: value}
+}
+
+// Tree is a file tree with a root directory.
+type Tree struct {
+	Root *Inode
+}
+
+// New returns a tree holding an empty root directory (mode 0755, owned by
+// 0:0) with the given modification time.
+func New(mtime time.Time) *Tree {
+	return &Tree{Root: &Inode{Type: Dir, Perm: 0o755, Mtime: mtime}}
+}
+
+// Clean turns p into the list of its names, relative to the root. A leading
+// "/" or "./" is accepted; ".." anywhere, empty names inside the path, NUL
+// bytes and names over MaxNameLen are rejected. The root itself is an empty
+// list.
+func Clean(p string) ([]string, error) {
+	if strings.IndexByte(p, 0) >= 0 {
+		return nil, fmt.Errorf("%w: %q", ErrBadPath, p)
+	}
+	var names []string
+	for _, name := range strings.Split(p, "/") {
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			return nil, fmt.Errorf("%w: %q", ErrBadPath, p)
+		}
+		if len(name) > MaxNameLen {
+			return nil, fmt.Errorf("%w: %q", ErrNameTooLong, p)
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+// Lookup returns the inode at path p without following symlinks.
+func (t *Tree) Lookup(p string) (*Inode, error) {
+	names, err := Clean(p)
+	if err != nil {
+		return nil, err
+	}
+	n := t.Root
+	for i, name := range names {
+		if n.Type != Dir {
+			return nil, fmt.Errorf("%s: %w", path.Join(names[:i]...), ErrNotDir)
+		}
+		n = n.Child(name)
+		if n == nil {
+			return nil, fmt.Errorf("%s: %w", p, ErrNotExist)
+		}
+	}
+	return n, nil
+}
+
+// parent returns the directory that holds the last name of p, creating
+// missing parents as directories with the given template's owner, mode 0755
+// and mtime when mkdir is true.
+func (t *Tree) parent(names []string, mkdir bool, mtime time.Time) (*Inode, error) {
+	n := t.Root
+	for i, name := range names[:len(names)-1] {
+		c := n.Child(name)
+		if c == nil {
+			if !mkdir {
+				return nil, fmt.Errorf("%s: %w", path.Join(names[:i+1]...), ErrNotExist)
+			}
+			c = &Inode{Type: Dir, Perm: 0o755, Mtime: mtime}
+			n.setChild(name, c)
+		}
+		if c.Type != Dir {
+			return nil, fmt.Errorf("%s: %w", path.Join(names[:i+1]...), ErrNotDir)
+		}
+		n = c
+	}
+	return n, nil
+}
+
+// Put places inode at path p, creating missing parent directories (mode
+// 0755, root-owned, with the inode's mtime). An existing entry at p is
+// replaced, except that a directory put over a directory keeps the old
+// directory's children (as a tar or OCI layer does).
+func (t *Tree) Put(p string, inode *Inode) error {
+	names, err := Clean(p)
+	if err != nil {
+		return err
+	}
+	if len(names) == 0 {
+		if inode.Type != Dir {
+			return fmt.Errorf("/: %w", ErrIsDir)
+		}
+		inode.Entries = mergeEntries(t.Root.Entries, inode.Entries)
+		t.Root = inode
+		return nil
+	}
+	dir, err := t.parent(names, true, inode.Mtime)
+	if err != nil {
+		return err
+	}
+	name := names[len(names)-1]
+	if old := dir.Child(name); old != nil && old.Type == Dir && inode.Type == Dir {
+		inode.Entries = mergeEntries(old.Entries, inode.Entries)
+	}
+	dir.setChild(name, inode)
+	return nil
+}
+
+func mergeEntries(old, add []Entry) []Entry {
+	if len(add) == 0 {
+		return old
+	}
+	d := &Inode{Type: Dir, Entries: old}
+	for _, e := range add {
+		d.setChild(e.Name, e.Inode)
+	}
+	return d.Entries
+}
+
+// Link makes path p a hard link to the inode at target. Directories cannot
+// be hard-linked.
+func (t *Tree) Link(p, target string) error {
+	n, err := t.Lookup(target)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", p, err)
+	}
+	if n.Type == Dir {
+		return fmt.Errorf("link %s to %s: %w", p, target, ErrIsDir)
+	}
+	names, err := Clean(p)
+	if err != nil {
+		return err
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("link /: %w", ErrExist)
+	}
+	dir, err := t.parent(names, true, n.Mtime)
+	if err != nil {
+		return err
+	}
+	dir.setChild(names[len(names)-1], n)
+	return nil
+}
+
+// Remove deletes path p and everything below it. Removing a path that does
+// not exist is not an error (a whiteout may name a file a lower layer never
+// had).
+func (t *Tree) Remove(p string) error {
+	names, err := Clean(p)
+	if err != nil {
+		return err
+	}
+	if len(names) == 0 {
+		t.Root.Entries = nil
+		return nil
+	}
+	dir, err := t.parent(names, false, time.Time{})
+	if errors.Is(err, ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	dir.removeChild(names[len(names)-1])
+	return nil
+}
+
+// Sub returns a tree whose root is the directory at p. The inodes are
+// shared, not copied.
+func (t *Tree) Sub(p string) (*Tree, error) {
+	n, err := t.Lookup(p)
+	if err != nil {
+		return nil, err
+	}
+	if n.Type != Dir {
+		return nil, fmt.Errorf("%s: %w", p, ErrNotDir)
+	}
+	return &Tree{Root: n}, nil
+}
+
+// WalkFunc is called for every entry of a walk with its slash-separated
+// path relative to the root ("" for the root itself, then "etc",
+// "etc/passwd", ...).
+type WalkFunc func(p string, n *Inode) error
+
+// SkipDir returned by a WalkFunc on a directory skips its children.
+var SkipDir = errors.New("tree: skip this directory")
+
+// Walk calls fn for the root and then every entry in depth-first, name
+// order. A hard-linked inode is visited once per name.
+func (t *Tree) Walk(fn WalkFunc) error {
+	err := walk("", t.Root, fn)
+	if errors.Is(err, SkipDir) {
+		return nil
+	}
+	return err
+}
+
+func walk(p string, n *Inode, fn WalkFunc) error {
+	if err := fn(p, n); err != nil {
+		return err
+	}
+	if n.Type != Dir {
+		return nil
+	}
+	for _, e := range n.Entries {
+		cp := e.Name
+		if p != "" {
+			cp = p + "/" + e.Name
+		}
+		err := walk(cp, e.Inode, fn)
+		if errors.Is(err, SkipDir) && e.Inode.Type == Dir {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stats summarises a tree.
+type Stats struct {
+	Inodes  int   // distinct inodes, hard links counted once
+	Entries int   // names, the root included
+	Bytes   int64 // content bytes of distinct regular inodes
+}
+
+// Stats counts the tree's inodes, names and content bytes.
+func (t *Tree) Stats() Stats {
+	var s Stats
+	seen := map[*Inode]bool{}
+	_ = t.Walk(func(_ string, n *Inode) error {
+		s.Entries++
+		if !seen[n] {
+			seen[n] = true
+			s.Inodes++
+			if n.Type == Regular {
+				s.Bytes += n.Size
+			}
+		}
+		return nil
+	})
+	return s
+}
+
+// Links counts how many names point at each inode; a directory counts its
+// own name only (writers add "." and ".." themselves).
+func (t *Tree) Links() map[*Inode]int {
+	m := map[*Inode]int{}
+	_ = t.Walk(func(_ string, n *Inode) error {
+		m[n]++
+		return nil
+	})
+	return m
+}
+
+// Bytes is content held in memory (inline recipe files, small fixtures).
+type Bytes []byte
+
+// Open returns a reader over the bytes.
+func (b Bytes) Open() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+// HostFile is content read from a file on the host when a writer needs it.
+type HostFile string
+
+// Open opens the host file.
+func (f HostFile) Open() (io.ReadCloser, error) { return os.Open(string(f)) }
+
+// Section is content that is a byte range of a larger io.ReaderAt (an
+// uncompressed tar layer spooled to disk, for example).
+type Section struct {
+	R      io.ReaderAt
+	Offset int64
+	Size   int64
+}
+
+// Open returns a reader over the section.
+func (s Section) Open() (io.ReadCloser, error) {
+	return io.NopCloser(io.NewSectionReader(s.R, s.Offset, s.Size)), nil
+}
+
+var (
+	_ Content = Bytes(nil)
+	_ Content = HostFile("")
+	_ Content = Section{}
+)
