@@ -1,0 +1,42 @@
+# kiln — see README.md. Targets: demo, test, bench, build, deps.
+GO      ?= go
+TAGS    := containers_image_openpgp,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+OUT     ?= out
+
+# Debian tools the tests run, as "command:package".
+TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
+         e2fsck:e2fsprogs debugfs:e2fsprogs unsquashfs:squashfs-tools mksquashfs:squashfs-tools \
+         veritysetup:cryptsetup-bin openssl:openssl
+
+.PHONY: build demo test deps bench clean
+
+build: bin/kiln
+
+bin/kiln: FORCE
+	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $@ ./cmd/kiln
+
+FORCE:
+
+# The demo: until recipes can be built, an empty nine-partition disk.
+demo: bin/kiln
+	@mkdir -p $(OUT)/demo
+	bin/kiln layout init --layout coreos --size 6GiB $(OUT)/demo/disk.img
+	bin/kiln layout check --layout coreos $(OUT)/demo/disk.img
+	bin/kiln slot status $(OUT)/demo/disk.img
+
+# Installs the Debian tools the tests use when one is missing, then runs
+# every test (the end-to-end ones in test/ run those tools on kiln's output).
+deps:
+	@missing=""; for tp in $(TOOLS); do t=$${tp%%:*}; p=$${tp#*:}; \
+	  command -v $$t >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: deps
+	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 ./...
+
+clean:
+	rm -rf bin $(OUT)

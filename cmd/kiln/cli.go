@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-os/kiln/layout"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // a build or verification failed, or a check found differences
+	exitUsage   = 2 // bad arguments, flags or input files (layout, recipe)
+)
+
+// Env is what a command run sees of the world, so tests can run commands
+// in-process and read what they print.
+type Env struct {
+	Args   []string
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// exitError carries an exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageError marks err as the user's mistake (exit code 2).
+func usageError(err error) error { return &exitError{exitUsage, err} }
+
+// failed marks err as a failed check or build (exit code 1) whose message
+// was already printed, or is err itself.
+func failed(err error) error { return &exitError{exitFailure, err} }
+
+// Run executes one kiln command line and returns its exit code.
+func Run(ctx context.Context, env Env) int {
+	root := newRootCommand(env)
+	root.SetArgs(env.Args)
+	root.SetIn(env.Stdin)
+	root.SetOut(env.Stdout)
+	root.SetErr(env.Stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(env.Stderr, "kiln: %v\n", err)
+	var ee *exitError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.Is(err, layout.ErrInvalid):
+		return exitUsage
+	case isCobraUsage(err):
+		return exitUsage
+	}
+	return exitFailure
+}
+
+// isCobraUsage recognises cobra's own flag and argument errors, which it
+// returns as plain errors.
+func isCobraUsage(err error) bool {
+	var u *cobraUsage
+	return errors.As(err, &u)
+}
+
+type cobraUsage struct{ err error }
+
+func (e *cobraUsage) Error() string { return e.err.Error() }
+func (e *cobraUsage) Unwrap() error { return e.err }
+
+// globals are the flags every command has.
+type globals struct {
+	json    bool
+	verbose bool
+	env     Env
+}
+
+func (g *globals) logger() *slog.Logger {
+	level := slog.LevelWarn
+	if g.verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(g.env.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// printJSON writes v as indented JSON to stdout.
+func (g *globals) printJSON(v any) error {
+	enc := json.NewEncoder(g.env.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newRootCommand(env Env) *cobra.Command {
+	g := &globals{env: env}
+	root := &cobra.Command{
+		Use:           "kiln",
+		Short:         "Build, update and verify read-only OS disk images",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.PersistentFlags().BoolVar(&g.json, "json", false, "print machine-readable JSON")
+	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log details to stderr")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &cobraUsage{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
+	})
+	root.AddCommand(newLayoutCommand(g), newSlotCommand(g), newVersionCommand(g))
+	wrapArgs(root)
+	return root
+}
+
+// wrapArgs makes cobra's argument-count errors usage errors everywhere.
+func wrapArgs(c *cobra.Command) {
+	if c.Args != nil {
+		check := c.Args
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := check(cmd, args); err != nil {
+				return &cobraUsage{fmt.Errorf("%s: %w (usage: %s)", cmd.CommandPath(), err, cmd.UseLine())}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		wrapArgs(sub)
+	}
+	if c.HasSubCommands() && c.RunE == nil {
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return &cobraUsage{fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
+			}
+			return &cobraUsage{fmt.Errorf("%s needs a subcommand (see '%s --help')", cmd.CommandPath(), cmd.CommandPath())}
+		}
+		c.Args = cobra.ArbitraryArgs
+	}
+}
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func newVersionCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print kiln's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.json {
+				return g.printJSON(map[string]string{"version": version})
+			}
+			fmt.Fprintln(g.env.Stdout, version)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-os/kiln/layout"
+)
+
+func newLayoutCommand(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "layout",
+		Short: "Create, show and check partition layouts",
+	}
+	c.AddCommand(newLayoutInitCommand(g), newLayoutShowCommand(g), newLayoutCheckCommand(g))
+	return c
+}
+
+func newLayoutInitCommand(g *globals) *cobra.Command {
+	var name, size, seed string
+	c := &cobra.Command{
+		Use:   "init [--layout NAME|FILE] [--size SIZE] [--seed SEED] DISK",
+		Short: "Create an empty sparse disk image with a layout's partition table",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := layout.Load(name)
+			if err != nil {
+				return err
+			}
+			var bytes int64
+			if size != "" {
+				if bytes, err = layout.ParseSize(size); err != nil {
+					return usageError(fmt.Errorf("--size: %w", err))
+				}
+			}
+			t, err := l.Plan(bytes, seed)
+			if err != nil {
+				return err
+			}
+			if err := layout.CreateDisk(args[0], t); err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(tableJSON(args[0], t))
+			}
+			fmt.Fprintf(g.env.Stdout, "%s: created with layout %s\n", args[0], l.Name)
+			return printTable(g, args[0], t)
+		},
+	}
+	c.Flags().StringVar(&name, "layout", "coreos", "built-in layout name or layout file")
+	c.Flags().StringVar(&size, "size", "", "disk size (e.g. 6GiB); default: the layout's own size")
+	c.Flags().StringVar(&seed, "seed", "kiln", "seed for the disk and partition GUIDs (same seed, same bytes)")
+	return c
+}
+
+func newLayoutShowCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show DISK",
+		Short: "Show a disk's partition table and slot state",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := readDisk(args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(tableJSON(args[0], t))
+			}
+			return printTable(g, args[0], t)
+		},
+	}
+}
+
+func newLayoutCheckCommand(g *globals) *cobra.Command {
+	var name string
+	c := &cobra.Command{
+		Use:   "check [--layout NAME|FILE] DISK",
+		Short: "Check that a disk's partition table matches a layout",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := layout.Load(name)
+			if err != nil {
+				return err
+			}
+			t, err := readDisk(args[0])
+			if err != nil {
+				return err
+			}
+			diffs, err := l.Check(t)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if err := g.printJSON(map[string]any{"disk": args[0], "layout": l.Name, "match": len(diffs) == 0, "differences": nonNil(diffs)}); err != nil {
+					return err
+				}
+			} else {
+				for _, d := range diffs {
+					fmt.Fprintln(g.env.Stdout, d)
+				}
+			}
+			if len(diffs) > 0 {
+				return failed(fmt.Errorf("%s does not match layout %s: %d difference(s)", args[0], l.Name, len(diffs)))
+			}
+			if !g.json {
+				fmt.Fprintf(g.env.Stdout, "%s matches layout %s\n", args[0], l.Name)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&name, "layout", "coreos", "built-in layout name or layout file")
+	return c
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// readDisk opens a disk image or device read-only and reads its GPT.
+func readDisk(path string) (*layout.Table, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	defer f.Close()
+	return layout.ReadTable(f)
+}
+
+type entryJSON struct {
+	Number     int               `json:"number"`
+	Label      string            `json:"label"`
+	Type       layout.GUID       `json:"type"`
+	TypeName   string            `json:"type_name"`
+	GUID       layout.GUID       `json:"guid"`
+	Start      uint64            `json:"start_sector"`
+	Sectors    uint64            `json:"sectors"`
+	Offset     int64             `json:"offset"`
+	Size       int64             `json:"size"`
+	Attributes string            `json:"attributes"`
+	Slot       *layout.SlotState `json:"slot,omitempty"`
+}
+
+type tableJSONOut struct {
+	Disk       string      `json:"disk"`
+	DiskGUID   layout.GUID `json:"disk_guid"`
+	Size       int64       `json:"size"`
+	Sectors    uint64      `json:"sectors"`
+	FromBackup bool        `json:"from_backup"`
+	Partitions []entryJSON `json:"partitions"`
+}
+
+func tableJSON(disk string, t *layout.Table) tableJSONOut {
+	out := tableJSONOut{Disk: disk, DiskGUID: t.DiskGUID, Size: t.Size(), Sectors: t.Sectors, FromBackup: t.FromBackup, Partitions: []entryJSON{}}
+	for _, e := range t.Partitions {
+		j := entryJSON{
+			Number: e.Number, Label: e.Label, Type: e.Type, TypeName: layout.TypeName(e.Type), GUID: e.GUID,
+			Start: e.Start, Sectors: e.Sectors, Offset: e.Offset(), Size: e.Size(),
+			Attributes: fmt.Sprintf("0x%016x", e.Attributes),
+		}
+		if e.Type == layout.TypeCoreOSUsr {
+			s := e.Slot()
+			j.Slot = &s
+		}
+		out.Partitions = append(out.Partitions, j)
+	}
+	return out
+}
+
+func printTable(g *globals, disk string, t *layout.Table) error {
+	w := g.env.Stdout
+	fmt.Fprintf(w, "%s: %s (%d sectors), disk GUID %s\n", disk, layout.HumanSize(t.Size()), t.Sectors, t.DiskGUID)
+	if t.FromBackup {
+		fmt.Fprintln(w, "warning: the primary GPT is damaged; this table was read from the backup GPT")
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tLABEL\tTYPE\tSTART\tSIZE\tGUID\tSLOT")
+	for _, e := range t.Partitions {
+		slot := ""
+		if e.Type == layout.TypeCoreOSUsr {
+			slot = e.Slot().String()
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\n", e.Number, e.Label, layout.TypeName(e.Type), e.Start, layout.HumanSize(e.Size()), e.GUID, slot)
+	}
+	return tw.Flush()
+}
