@@ -24,7 +24,7 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	return fmt.Sprintf("layout: GPT: %s at byte 0x%x", e.Msg, e.Offset)
+	return fmt.Sprintf("GPT: %s at byte 0x%x", e.Msg, e.Offset)
 }
 
 // Unwrap lets errors.Is(err, ErrNoGPT) match.
@@ -145,7 +145,7 @@ func ReadTable(f *os.File) (*Table, error) {
 			return nil, fmt.Errorf("layout: %s: reading backup GPT header: %w", f.Name(), err)
 		}
 		if err := checkHeader(hdr, backupOff, sectors); err != nil {
-			return nil, fmt.Errorf("%s: primary: %w; backup: %v", f.Name(), primaryErr, err)
+			return nil, fmt.Errorf("%w: %s: primary: %v; backup: %v", ErrNoGPT, f.Name(), primaryErr, err)
 		}
 	}
 	g, err := gpt.Read(f, SectorSize, SectorSize)
