@@ -42,11 +42,11 @@ func TestNextSlotFollowsGptprio(t *testing.T) {
 		want string // "" = none
 	}{
 		{SlotState{1, 0, true}, SlotState{0, 0, false}, "USR-A"},
-		{SlotState{1, 0, true}, SlotState{2, 1, false}, "USR-B"},  // new update on trial
-		{SlotState{1, 0, true}, SlotState{2, 0, false}, "USR-A"},  // trial used up: fall back
-		{SlotState{2, 0, true}, SlotState{2, 0, true}, "USR-A"},   // tie: first in table order
-		{SlotState{0, 5, true}, SlotState{0, 0, true}, ""},        // priority 0 never boots
-		{SlotState{1, 0, false}, SlotState{3, 0, false}, ""},      // nothing bootable
+		{SlotState{1, 0, true}, SlotState{2, 1, false}, "USR-B"}, // new update on trial
+		{SlotState{1, 0, true}, SlotState{2, 0, false}, "USR-A"}, // trial used up: fall back
+		{SlotState{2, 0, true}, SlotState{2, 0, true}, "USR-A"},  // tie: first in table order
+		{SlotState{0, 5, true}, SlotState{0, 0, true}, ""},       // priority 0 never boots
+		{SlotState{1, 0, false}, SlotState{3, 0, false}, ""},     // nothing bootable
 		{SlotState{15, 0, true}, SlotState{14, 15, false}, "USR-A"},
 	}
 	for _, c := range cases {
