@@ -1,0 +1,155 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"go.podman.io/image/v5/docker"
+	dockerarchive "go.podman.io/image/v5/docker/archive"
+	"go.podman.io/image/v5/image"
+	"go.podman.io/image/v5/manifest"
+	ociarchive "go.podman.io/image/v5/oci/archive"
+	ocilayout "go.podman.io/image/v5/oci/layout"
+	"go.podman.io/image/v5/pkg/blobinfocache/none"
+	"go.podman.io/image/v5/signature"
+	"go.podman.io/image/v5/types"
+
+	"github.com/kiln-os/kiln/build/tree"
+)
+
+// Image is an OCI or Docker image read into a tree.
+type Image struct {
+	Tree *tree.Tree
+	// Ref is the reference as given ("oci:layout:tag").
+	Ref string
+	// Digest is the image manifest's digest ("sha256:…").
+	Digest string
+	// Layers are the layer digests, lowest first.
+	Layers []string
+}
+
+// imageTransports are the containers/image transports kiln accepts. Only
+// these are linked in: the others (containers-storage, sif, …) pull in
+// cgo or a daemon.
+var imageTransports = map[string]types.ImageTransport{
+	"oci":            ocilayout.Transport,
+	"oci-archive":    ociarchive.Transport,
+	"docker-archive": dockerarchive.Transport,
+	"docker":         docker.Transport,
+}
+
+// IsImageRef reports whether spec names a container image transport
+// ("oci:", "oci-archive:", "docker-archive:", "docker://").
+func IsImageRef(spec string) bool {
+	t, _, ok := strings.Cut(spec, ":")
+	_, known := imageTransports[t]
+	return ok && known
+}
+
+// ParseImageRef parses "transport:reference" for the transports kiln
+// links in.
+func ParseImageRef(spec string) (types.ImageReference, error) {
+	t, rest, ok := strings.Cut(spec, ":")
+	tr, known := imageTransports[t]
+	if !ok || !known {
+		return nil, fmt.Errorf("image %q: want oci:PATH[:TAG], oci-archive:PATH, docker-archive:PATH or docker://REF", spec)
+	}
+	ref, err := tr.ParseReference(rest)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", spec, err)
+	}
+	return ref, nil
+}
+
+// policyContext returns the signature policy: the standard policy.json
+// when one exists (or the file named by policyPath), else one that
+// accepts anything, with a warning.
+func policyContext(sys *types.SystemContext, log *slog.Logger) (*signature.PolicyContext, error) {
+	policy, err := signature.DefaultPolicy(sys)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("signature policy: %w", err)
+		}
+		log.Warn("no containers policy.json found: accepting images without signature verification")
+		policy = &signature.Policy{Default: []signature.PolicyRequirement{signature.NewPRInsecureAcceptAnything()}}
+	}
+	return signature.NewPolicyContext(policy)
+}
+
+// FromImage reads an image's layers, in order, into a new tree, applying
+// whiteouts and opaque directories. Layers are decompressed into the
+// spool as they are read; nothing is extracted to the host.
+func (s *Spool) FromImage(ctx context.Context, spec string, mtime time.Time, log *slog.Logger) (*Image, error) {
+	ref, err := ParseImageRef(spec)
+	if err != nil {
+		return nil, err
+	}
+	sys := &types.SystemContext{}
+	pc, err := policyContext(sys, log)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", spec, err)
+	}
+	defer pc.Destroy()
+	src, err := ref.NewImageSource(ctx, sys)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", spec, err)
+	}
+	defer src.Close()
+	unparsed := image.UnparsedInstance(src, nil)
+	if ok, err := pc.IsRunningImageAllowed(ctx, unparsed); !ok {
+		return nil, fmt.Errorf("image %s: rejected by the signature policy: %w", spec, err)
+	}
+	raw, _, err := unparsed.Manifest(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: manifest: %w", spec, err)
+	}
+	digest, err := manifest.Digest(raw)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: manifest digest: %w", spec, err)
+	}
+	img, err := image.FromUnparsedImage(ctx, sys, unparsed)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", spec, err)
+	}
+	out := &Image{Tree: tree.New(mtime), Ref: spec, Digest: digest.String()}
+	for i, layer := range img.LayerInfos() {
+		name := fmt.Sprintf("image %s: layer %d (%s)", spec, i, layer.Digest)
+		rc, _, err := src.GetBlob(ctx, layer, none.NoCache)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		err = func() error {
+			defer rc.Close()
+			// Blobs are not trusted: the layer's digest is checked over
+			// every byte read.
+			verifier := layer.Digest.Verifier()
+			blob := io.TeeReader(rc, verifier)
+			r, err := decompress(blob)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			defer r.Close()
+			if err := s.ApplyTar(out.Tree, r, LayerOptions{Name: name, Whiteouts: true}); err != nil {
+				return err
+			}
+			if _, err := io.Copy(io.Discard, blob); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			if !verifier.Verified() {
+				return fmt.Errorf("%s: content does not match its digest", name)
+			}
+			return nil
+		}()
+		if err != nil {
+			return nil, err
+		}
+		out.Layers = append(out.Layers, layer.Digest.String())
+	}
+	return out, nil
+}
