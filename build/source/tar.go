@@ -2,7 +2,7 @@ package source
 
 import (
 	"archive/tar"
-		"fmt"
+	"fmt"
 	"io"
 	"os"
 	"path"
