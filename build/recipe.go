@@ -1,0 +1,377 @@
+// Package build turns a recipe into a disk image: recipe → sources → tree
+// → filesystem writers → verity → disk assembly → manifest.
+package build
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/kiln-os/kiln/layout"
+)
+
+// Recipe is a parsed, validated build recipe.
+type Recipe struct {
+	// Path is the recipe file; Dir is its directory, the base of every
+	// relative path in it.
+	Path, Dir string
+
+	Name    string
+	Version string
+	Channel string
+	// Seed derives the disk and partition GUIDs, filesystem UUIDs, hash
+	// seeds and the verity salt. Default: "NAME/VERSION".
+	Seed string
+	// Layout is the resolved layout; Size the disk size (0: the layout's).
+	Layout *layout.Layout
+	Size   int64
+	// Partitions are the partitions the recipe fills, in layout order.
+	Partitions []*PartitionSpec
+}
+
+// PartitionSpec is what goes into one partition.
+type PartitionSpec struct {
+	Label      string
+	Filesystem string // vfat, ext4 or squashfs
+	Verity     bool
+	// Source is "dir:PATH", "tar:PATH" or a container image reference
+	// (oci:PATH[:TAG], oci-archive:PATH, docker-archive:PATH,
+	// docker://REF); "" for none. Paths are resolved against Recipe.Dir.
+	Source string
+	// Subdir of the source becomes the filesystem root.
+	Subdir string
+	// Files are added over the source.
+	Files []FileSpec
+	// Compression for squashfs: "zstd" (default) or "gzip"; Level 0 is the
+	// compressor's default.
+	Compression string
+	Level       int
+	// FSLabel is the filesystem label (default: the partition label).
+	FSLabel string
+
+	line int
+}
+
+// FileSpec is one file a recipe places in a partition.
+type FileSpec struct {
+	Path    string // absolute path inside the filesystem
+	From    string // host file, relative to the recipe
+	Content string // inline content (when From is empty)
+	Mode    uint16 // permission bits; default 0644
+	UID     uint32
+	GID     uint32
+	line    int
+}
+
+// RecipeError is a problem with a recipe, naming the file, line and key.
+type RecipeError struct {
+	File string
+	Line int
+	Key  string
+	Err  error
+}
+
+// ErrRecipe is wrapped by every *RecipeError.
+var ErrRecipe = errors.New("build: invalid recipe")
+
+func (e *RecipeError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "recipe %s", e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		fmt.Fprintf(&b, ": %s", e.Key)
+	}
+	fmt.Fprintf(&b, ": %v", e.Err)
+	return b.String()
+}
+
+// Unwrap returns ErrRecipe and the cause.
+func (e *RecipeError) Unwrap() []error { return []error{ErrRecipe, e.Err} }
+
+type yamlRecipe struct {
+	Name       string                    `yaml:"name"`
+	Version    string                    `yaml:"version"`
+	Channel    string                    `yaml:"channel"`
+	Seed       string                    `yaml:"seed"`
+	Layout     string                    `yaml:"layout"`
+	Size       string                    `yaml:"size"`
+	Partitions map[string]*yamlPartition `yaml:"partitions"`
+}
+
+type yamlPartition struct {
+	Filesystem  string     `yaml:"filesystem"`
+	Verity      *bool      `yaml:"verity"`
+	Source      string     `yaml:"source"`
+	Subdir      string     `yaml:"subdir"`
+	Files       []yamlFile `yaml:"files"`
+	Compression string     `yaml:"compression"`
+	Level       int        `yaml:"level"`
+	Label       string     `yaml:"fs-label"`
+}
+
+type yamlFile struct {
+	Path    string  `yaml:"path"`
+	From    string  `yaml:"from"`
+	Content *string `yaml:"content"`
+	Mode    string  `yaml:"mode"`
+	UID     int64   `yaml:"uid"`
+	GID     int64   `yaml:"gid"`
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
+
+// LoadRecipe reads, overrides (--set key=value, dotted keys such as
+// "version" or "partitions.USR-A.source") and validates a recipe.
+func LoadRecipe(path string, sets []string) (*Recipe, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &RecipeError{File: path, Err: err}
+	}
+	return ParseRecipe(data, path, sets)
+}
+
+// ParseRecipe is LoadRecipe on bytes already read from path.
+func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
+	fail := func(line int, key string, err error) error {
+		return &RecipeError{File: path, Line: line, Key: key, Err: err}
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fail(0, "", err)
+	}
+	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil, fail(0, "", errors.New("not a YAML mapping"))
+	}
+	for _, s := range sets {
+		key, value, ok := strings.Cut(s, "=")
+		if !ok || key == "" {
+			return nil, fail(0, "--set "+s, errors.New("want key=value"))
+		}
+		setKey(doc.Content[0], strings.Split(key, "."), value)
+	}
+	// Decode strictly: an unknown key is an error with its line.
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	if err := enc.Encode(&doc); err != nil {
+		return nil, fail(0, "", err)
+	}
+	var y yamlRecipe
+	dec := yaml.NewDecoder(bytes.NewReader(buf.Bytes()))
+	dec.KnownFields(true)
+	if err := dec.Decode(&y); err != nil {
+		if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
+			// Lines refer to the re-encoded document; find the key in the
+			// original for the user's line number.
+			line := findKeyLine(doc.Content[0], m[2])
+			return nil, fail(line, m[2], errors.New("unknown key"))
+		}
+		return nil, fail(0, "", err)
+	}
+	lines := keyLines(doc.Content[0])
+
+	r := &Recipe{Path: path, Dir: filepath.Dir(path), Name: y.Name, Version: y.Version, Channel: y.Channel, Seed: y.Seed}
+	if r.Name == "" {
+		return nil, fail(lines["name"], "name", errors.New("missing"))
+	}
+	if r.Version == "" {
+		return nil, fail(lines["version"], "version", errors.New("missing"))
+	}
+	if _, err := ParseVersion(r.Version); err != nil {
+		return nil, fail(lines["version"], "version", err)
+	}
+	if r.Seed == "" {
+		r.Seed = r.Name + "/" + r.Version
+	}
+	if y.Layout == "" {
+		y.Layout = "coreos"
+	}
+	layoutPath := y.Layout
+	if strings.ContainsAny(layoutPath, "/.") && !filepath.IsAbs(layoutPath) {
+		layoutPath = filepath.Join(r.Dir, layoutPath)
+	}
+	if r.Layout, err = layout.Load(layoutPath); err != nil {
+		return nil, fail(lines["layout"], "layout", err)
+	}
+	if y.Size != "" {
+		if r.Size, err = layout.ParseSize(y.Size); err != nil {
+			return nil, fail(lines["size"], "size", err)
+		}
+	}
+	if _, err := r.Layout.Plan(r.Size, r.Seed); err != nil {
+		return nil, fail(lines["size"], "size", err)
+	}
+	for label, yp := range y.Partitions {
+		key := "partitions." + label
+		line := lines[key]
+		lp := r.Layout.Partition(label)
+		if lp == nil || lp.Blank {
+			return nil, fail(line, key, fmt.Errorf("layout %s has no partition labelled %q", r.Layout.Name, label))
+		}
+		if yp == nil {
+			yp = &yamlPartition{}
+		}
+		p := &PartitionSpec{Label: label, Filesystem: yp.Filesystem, Source: yp.Source, Subdir: yp.Subdir,
+			Compression: yp.Compression, Level: yp.Level, FSLabel: yp.Label, line: line}
+		if p.Filesystem == "" {
+			p.Filesystem = lp.Filesystem
+		}
+		switch p.Filesystem {
+		case "vfat", "ext4", "squashfs":
+		case "":
+			return nil, fail(line, key+".filesystem", errors.New("missing (the layout gives none for this partition)"))
+		default:
+			return nil, fail(lines[key+".filesystem"], key+".filesystem", fmt.Errorf("unknown filesystem %q: want vfat, ext4 or squashfs", p.Filesystem))
+		}
+		p.Verity = lp.Verity && (p.Filesystem == "ext4" || p.Filesystem == "squashfs")
+		if yp.Verity != nil {
+			p.Verity = *yp.Verity
+			if p.Verity && p.Filesystem == "vfat" {
+				return nil, fail(lines[key+".verity"], key+".verity", errors.New("needs a read-only filesystem (ext4 or squashfs)"))
+			}
+		}
+		switch p.Compression {
+		case "":
+		case "zstd", "gzip":
+			if p.Filesystem != "squashfs" {
+				return nil, fail(lines[key+".compression"], key+".compression", errors.New("only squashfs is compressed"))
+			}
+		default:
+			return nil, fail(lines[key+".compression"], key+".compression", fmt.Errorf("unknown compression %q: want zstd or gzip", p.Compression))
+		}
+		if p.Source != "" {
+			if err := checkSource(p.Source); err != nil {
+				return nil, fail(lines[key+".source"], key+".source", err)
+			}
+		}
+		for i, yf := range yp.Files {
+			fk := fmt.Sprintf("%s.files[%d]", key, i)
+			f := FileSpec{Path: yf.Path, From: yf.From, Mode: 0o644, line: line}
+			if !strings.HasPrefix(f.Path, "/") {
+				return nil, fail(line, fk+".path", fmt.Errorf("%q: want an absolute path inside the filesystem", f.Path))
+			}
+			if (yf.From == "") == (yf.Content == nil) {
+				return nil, fail(line, fk, errors.New("give exactly one of from and content"))
+			}
+			if yf.Content != nil {
+				f.Content = *yf.Content
+			}
+			if yf.Mode != "" {
+				m, err := strconv.ParseUint(yf.Mode, 8, 16)
+				if err != nil || m > 0o7777 {
+					return nil, fail(line, fk+".mode", fmt.Errorf("%q: want an octal mode such as \"0644\"", yf.Mode))
+				}
+				f.Mode = uint16(m)
+			}
+			if yf.UID < 0 || yf.UID > 1<<32-1 || yf.GID < 0 || yf.GID > 1<<32-1 {
+				return nil, fail(line, fk, errors.New("uid and gid must be 0..4294967295"))
+			}
+			f.UID, f.GID = uint32(yf.UID), uint32(yf.GID)
+			p.Files = append(p.Files, f)
+		}
+		r.Partitions = append(r.Partitions, p)
+	}
+	// Layout order, so the build and the manifest are deterministic.
+	order := map[string]int{}
+	for i, lp := range r.Layout.Partitions {
+		order[lp.Label] = i
+	}
+	sortBy(r.Partitions, func(p *PartitionSpec) int { return order[p.Label] })
+	return r, nil
+}
+
+// checkSource validates the form of a source spec (not whether it exists).
+func checkSource(s string) error {
+	kind, rest, ok := strings.Cut(s, ":")
+	switch {
+	case !ok || rest == "":
+		return fmt.Errorf("%q: want dir:PATH, tar:PATH, oci:PATH[:TAG], oci-archive:PATH, docker-archive:PATH or docker://REF", s)
+	case kind == "dir" || kind == "tar":
+		return nil
+	case kind == "oci" || kind == "oci-archive" || kind == "docker-archive" || kind == "docker":
+		return nil
+	}
+	return fmt.Errorf("%q: unknown source kind %q: want dir, tar, oci, oci-archive, docker-archive or docker", s, kind)
+}
+
+// setKey sets a dotted key in a YAML mapping, creating mappings on the way.
+func setKey(m *yaml.Node, path []string, value string) {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == path[0] {
+			v := m.Content[i+1]
+			if len(path) == 1 {
+				*v = yaml.Node{Kind: yaml.ScalarNode, Value: value, Line: v.Line}
+				return
+			}
+			if v.Kind != yaml.MappingNode {
+				*v = yaml.Node{Kind: yaml.MappingNode, Line: v.Line}
+			}
+			setKey(v, path[1:], value)
+			return
+		}
+	}
+	k := &yaml.Node{Kind: yaml.ScalarNode, Value: path[0]}
+	if len(path) == 1 {
+		m.Content = append(m.Content, k, &yaml.Node{Kind: yaml.ScalarNode, Value: value})
+		return
+	}
+	v := &yaml.Node{Kind: yaml.MappingNode}
+	m.Content = append(m.Content, k, v)
+	setKey(v, path[1:], value)
+}
+
+// keyLines maps dotted keys ("partitions.USR-A.source") to their lines.
+func keyLines(m *yaml.Node) map[string]int {
+	out := map[string]int{}
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := prefix + n.Content[i].Value
+			out[k] = n.Content[i].Line
+			walk(n.Content[i+1], k+".")
+		}
+	}
+	walk(m, "")
+	return out
+}
+
+// findKeyLine returns the line of the first mapping key named name.
+func findKeyLine(n *yaml.Node, name string) int {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == name {
+				return n.Content[i].Line
+			}
+			if l := findKeyLine(n.Content[i+1], name); l > 0 {
+				return l
+			}
+		}
+	case yaml.SequenceNode, yaml.DocumentNode:
+		for _, c := range n.Content {
+			if l := findKeyLine(c, name); l > 0 {
+				return l
+			}
+		}
+	}
+	return 0
+}
+
+func sortBy[T any](s []T, key func(T) int) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && key(s[j]) < key(s[j-1]); j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
