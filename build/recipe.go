@@ -194,6 +194,7 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 	if y.Layout == "" {
 		y.Layout = "coreos"
 	}
+	var err error
 	layoutPath := y.Layout
 	if strings.ContainsAny(layoutPath, "/.") && !filepath.IsAbs(layoutPath) {
 		layoutPath = filepath.Join(r.Dir, layoutPath)
