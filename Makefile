@@ -18,11 +18,11 @@ bin/kiln: FORCE
 
 FORCE:
 
-# The demo: until recipes can be built, an empty nine-partition disk.
+# The demo: build recipes/demo.yaml and show the result.
 demo: bin/kiln
 	@mkdir -p $(OUT)/demo
-	bin/kiln layout init --layout coreos --size 6GiB $(OUT)/demo/disk.img
-	bin/kiln layout check --layout coreos $(OUT)/demo/disk.img
+	SOURCE_DATE_EPOCH=1700000000 bin/kiln build recipes/demo.yaml -o $(OUT)/demo
+	bin/kiln layout show $(OUT)/demo/disk.img
 	bin/kiln slot status $(OUT)/demo/disk.img
 
 # Installs the Debian tools the tests use when one is missing, then runs

@@ -2,6 +2,10 @@ package source
 
 import (
 	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/bzip2"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"os"
@@ -9,7 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"go.podman.io/image/v5/pkg/compression"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 
 	"github.com/kiln-os/kiln/build/tree"
 )
@@ -238,7 +243,7 @@ func (s *Spool) FromTar(p string, mtime time.Time) (*tree.Tree, error) {
 		return nil, fmt.Errorf("tar source: %w", err)
 	}
 	defer f.Close()
-	r, err := decompress(f)
+	r, err := Decompress(f)
 	if err != nil {
 		return nil, fmt.Errorf("tar source %s: %w", p, err)
 	}
@@ -250,9 +255,32 @@ func (s *Spool) FromTar(p string, mtime time.Time) (*tree.Tree, error) {
 	return t, nil
 }
 
-// decompress detects gzip, bzip2, xz and zstd and returns a reader of the
-// uncompressed stream (the input itself when it is not compressed).
-func decompress(r io.Reader) (io.ReadCloser, error) {
-	d, _, err := compression.AutoDecompress(r)
-	return d, err
+// Decompress detects gzip, bzip2, xz and zstd by their magic bytes and
+// returns a reader of the uncompressed stream (the input itself when it is
+// not compressed).
+func Decompress(r io.Reader) (io.ReadCloser, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	magic, err := br.Peek(6)
+	if err != nil && err != io.EOF && err != bufio.ErrBufferFull {
+		return nil, err
+	}
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		return gzip.NewReader(br)
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		d, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+		if err != nil {
+			return nil, err
+		}
+		return d.IOReadCloser(), nil
+	case bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
+		x, err := xz.NewReader(br)
+		if err != nil {
+			return nil, err
+		}
+		return io.NopCloser(x), nil
+	case bytes.HasPrefix(magic, []byte("BZh")):
+		return io.NopCloser(bzip2.NewReader(br)), nil
+	}
+	return io.NopCloser(br), nil
 }

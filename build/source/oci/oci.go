@@ -1,4 +1,7 @@
-package source
+// Package oci reads OCI and Docker images through containers/image into a
+// tree, layer by layer, without extracting anything. Build with the tag
+// containers_image_openpgp (pure-Go signature verification, no cgo).
+package oci
 
 import (
 	"context"
@@ -20,6 +23,7 @@ import (
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 
+	"github.com/kiln-os/kiln/build/source"
 	"github.com/kiln-os/kiln/build/tree"
 )
 
@@ -85,7 +89,7 @@ func policyContext(sys *types.SystemContext, log *slog.Logger) (*signature.Polic
 // FromImage reads an image's layers, in order, into a new tree, applying
 // whiteouts and opaque directories. Layers are decompressed into the
 // spool as they are read; nothing is extracted to the host.
-func (s *Spool) FromImage(ctx context.Context, spec string, mtime time.Time, log *slog.Logger) (*Image, error) {
+func FromImage(ctx context.Context, s *source.Spool, spec string, mtime time.Time, log *slog.Logger) (*Image, error) {
 	ref, err := ParseImageRef(spec)
 	if err != nil {
 		return nil, err
@@ -130,12 +134,12 @@ func (s *Spool) FromImage(ctx context.Context, spec string, mtime time.Time, log
 			// every byte read.
 			verifier := layer.Digest.Verifier()
 			blob := io.TeeReader(rc, verifier)
-			r, err := decompress(blob)
+			r, err := source.Decompress(blob)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			defer r.Close()
-			if err := s.ApplyTar(out.Tree, r, LayerOptions{Name: name, Whiteouts: true}); err != nil {
+			if err := s.ApplyTar(out.Tree, r, source.LayerOptions{Name: name, Whiteouts: true}); err != nil {
 				return err
 			}
 			if _, err := io.Copy(io.Discard, blob); err != nil {

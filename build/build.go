@@ -1,0 +1,405 @@
+package build
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/kiln-os/kiln/build/blockmap"
+	"github.com/kiln-os/kiln/build/fs/ext4"
+	"github.com/kiln-os/kiln/build/fs/fat"
+	"github.com/kiln-os/kiln/build/fs/squashfs"
+	"github.com/kiln-os/kiln/build/manifest"
+	"github.com/kiln-os/kiln/build/source"
+	"github.com/kiln-os/kiln/build/tree"
+	"github.com/kiln-os/kiln/build/verity"
+	"github.com/kiln-os/kiln/layout"
+)
+
+// Output file names inside the output directory.
+const (
+	DiskFile     = "disk.img"
+	UsrFile      = "usr.img"
+	ManifestFile = "manifest.json"
+	BlockMapFile = "usr.blockmap.json"
+)
+
+// Options control a build.
+type Options struct {
+	// OutDir receives disk.img, usr.img, manifest.json and the USR block
+	// map. It is created if missing; files are written to a temporary
+	// directory inside it and renamed into place only when the whole build
+	// succeeded.
+	OutDir string
+	// SourceDateEpoch is the time of everything the build creates
+	// (directories, inline files, superblocks); it is also recorded.
+	SourceDateEpoch time.Time
+	// KilnVersion is recorded in the manifest.
+	KilnVersion string
+	Progress    Progress
+	Log         *slog.Logger
+	// Workers bounds parallel work; 0 uses every core.
+	Workers int
+}
+
+// Result describes a finished build.
+type Result struct {
+	Manifest *manifest.Manifest
+	// Paths of the outputs.
+	Disk, Usr, ManifestPath, BlockMap string
+	// Stages are the durations of the build's stages, in order.
+	Stages []StageTime
+}
+
+// StageTime is how long one stage took.
+type StageTime struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration_ns"`
+	Bytes    int64         `json:"bytes"`
+}
+
+// usrLabel is the partition whose image is written out alone as usr.img:
+// the first verity-protected partition of the recipe (USR-A).
+func usrSpec(r *Recipe) *PartitionSpec {
+	for _, p := range r.Partitions {
+		if p.Verity {
+			return p
+		}
+	}
+	return nil
+}
+
+// Build runs the whole pipeline for a recipe.
+func Build(ctx context.Context, r *Recipe, opts Options) (*Result, error) {
+	if opts.Progress == nil {
+		opts.Progress = NoProgress{}
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = runtime.GOMAXPROCS(0)
+	}
+	b := &builder{r: r, opts: opts, log: opts.Log}
+	return b.run(ctx)
+}
+
+// builder carries what the stages share: the recipe, options, the staging
+// directory and the stage clock. Stages pass their results as values.
+type builder struct {
+	r       *Recipe
+	opts    Options
+	log     *slog.Logger
+	stages  []StageTime
+	current *StageTime
+	started time.Time
+	counter *progressCounter
+}
+
+func (b *builder) start(name string, total int64) *progressCounter {
+	b.end()
+	b.stages = append(b.stages, StageTime{Name: name})
+	b.current = &b.stages[len(b.stages)-1]
+	b.started = time.Now()
+	b.counter = &progressCounter{p: b.opts.Progress}
+	b.opts.Progress.Start(name, total)
+	b.log.Debug("stage start", "stage", name, "bytes", total)
+	return b.counter
+}
+
+func (b *builder) end() {
+	if b.current == nil {
+		return
+	}
+	b.current.Duration = time.Since(b.started)
+	b.current.Bytes = b.counter.total.Load()
+	b.opts.Progress.End()
+	b.log.Debug("stage end", "stage", b.current.Name, "duration", b.current.Duration, "bytes", b.current.Bytes)
+	b.current = nil
+}
+
+func (b *builder) run(ctx context.Context) (res *Result, err error) {
+	r := b.r
+	epoch := b.opts.SourceDateEpoch
+	table, err := r.Layout.Plan(r.Size, r.Seed)
+	if err != nil {
+		return nil, err
+	}
+	_, statErr := os.Stat(b.opts.OutDir)
+	created := os.IsNotExist(statErr)
+	if err := os.MkdirAll(b.opts.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	stage, err := os.MkdirTemp(b.opts.OutDir, ".kiln-build-")
+	if err != nil {
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			// Nothing of a failed build stays behind.
+			os.RemoveAll(stage)
+			if created {
+				os.Remove(b.opts.OutDir)
+			}
+		}
+	}()
+	spool, err := source.NewSpool(stage)
+	if err != nil {
+		return nil, err
+	}
+	defer spool.Close()
+
+	// (1) Sources → trees.
+	b.start("sources", 0)
+	trees := map[string]*tree.Tree{}
+	var sources []manifest.Source
+	for _, p := range r.Partitions {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		t, src, err := partitionTree(ctx, r, p, spool, epoch, b.log)
+		if err != nil {
+			return nil, err
+		}
+		trees[p.Label] = t
+		if src != nil {
+			sources = append(sources, *src)
+		}
+		b.log.Info("source read", "partition", p.Label, "entries", t.Stats().Entries, "bytes", t.Stats().Bytes)
+	}
+
+	// (2) The disk: a sparse file with the GPT.
+	diskPath := filepath.Join(stage, DiskFile)
+	if err := layout.CreateDisk(diskPath, table); err != nil {
+		return nil, err
+	}
+	disk, err := os.OpenFile(diskPath, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer disk.Close()
+
+	// (3) Filesystems, (4) verity.
+	m := &manifest.Manifest{
+		Format: manifest.FormatVersion, Name: r.Name, Version: r.Version, Channel: r.Channel,
+		KilnVersion: b.opts.KilnVersion, Layout: r.Layout.Name, DiskGUID: table.DiskGUID,
+		DiskSize: table.Size(), SourceDateEpoch: epoch.Unix(), Sources: sources,
+	}
+	specs := map[string]*PartitionSpec{}
+	for _, p := range r.Partitions {
+		specs[p.Label] = p
+	}
+	usr := usrSpec(r)
+	var usrFile *os.File
+	var usrMap *blockmap.Map
+	for _, e := range table.Partitions {
+		mp := manifest.Partition{Number: e.Number, Label: e.Label, Type: e.Type, TypeName: layout.TypeName(e.Type),
+			GUID: e.GUID, Offset: e.Offset(), Size: e.Size()}
+		if p := specs[e.Label]; p != nil {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			lp := r.Layout.Partition(e.Label)
+			if p == usr {
+				usrFile, usrMap, err = b.writeUsr(stage, p, lp, e, trees[e.Label], &mp)
+				if err != nil {
+					return nil, err
+				}
+				if err := copySparse(disk, e.Offset(), usrFile, e.Size()); err != nil {
+					return nil, fmt.Errorf("%s: copying into the disk: %w", e.Label, err)
+				}
+			} else {
+				w := &boundedWriter{w: disk, off: e.Offset(), limit: e.Size(), name: e.Label}
+				if err := b.writeFS(w, p, lp, e, trees[e.Label], &mp); err != nil {
+					return nil, err
+				}
+			}
+		}
+		m.Partitions = append(m.Partitions, mp)
+	}
+	if usrFile != nil {
+		defer usrFile.Close()
+	}
+
+	// (5) Partition hashes.
+	var jobs []*hashJob
+	for _, e := range table.Partitions {
+		jobs = append(jobs, &hashJob{r: disk, off: e.Offset(), size: e.Size()})
+	}
+	var total int64
+	for _, j := range jobs {
+		total += j.size
+	}
+	hashRanges(jobs, b.opts.Workers, b.start("hash", total))
+	for i, j := range jobs {
+		if j.err != nil {
+			return nil, fmt.Errorf("%s: hashing: %w", m.Partitions[i].Label, j.err)
+		}
+		m.Partitions[i].SHA256 = j.sum
+	}
+
+	// (6) Manifest, block map; then everything into place.
+	b.start("manifest", 0)
+	data, err := m.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(stage, ManifestFile), data, 0o644); err != nil {
+		return nil, err
+	}
+	if usrMap != nil {
+		f, err := os.Create(filepath.Join(stage, BlockMapFile))
+		if err != nil {
+			return nil, err
+		}
+		if err := usrMap.Write(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		if err := f.Close(); err != nil {
+			return nil, err
+		}
+	}
+	if err := disk.Sync(); err != nil {
+		return nil, err
+	}
+	b.end()
+	names := []string{DiskFile, ManifestFile}
+	if usrFile != nil {
+		names = append(names, UsrFile, BlockMapFile)
+	}
+	for _, n := range names {
+		if err := os.Rename(filepath.Join(stage, n), filepath.Join(b.opts.OutDir, n)); err != nil {
+			return nil, fmt.Errorf("output: %w", err)
+		}
+	}
+	os.RemoveAll(stage)
+	res = &Result{Manifest: m, Disk: filepath.Join(b.opts.OutDir, DiskFile), ManifestPath: filepath.Join(b.opts.OutDir, ManifestFile), Stages: b.stages}
+	if usrFile != nil {
+		res.Usr = filepath.Join(b.opts.OutDir, UsrFile)
+		res.BlockMap = filepath.Join(b.opts.OutDir, BlockMapFile)
+	}
+	return res, nil
+}
+
+// fsIDs derives a filesystem's UUID and hash seed from the build seed.
+func fsIDs(seed, label string) (uuid, hashSeed [16]byte) {
+	return layout.DeriveGUID(seed, "fs-uuid", label), layout.DeriveGUID(seed, "fs-hash-seed", label)
+}
+
+// writeFS writes one partition's filesystem through w (sized to the
+// partition) and records it in mp.
+func (b *builder) writeFS(w *boundedWriter, p *PartitionSpec, lp *layout.Partition, e layout.Entry, t *tree.Tree, mp *manifest.Partition) error {
+	c := b.start("filesystem "+e.Label, t.Stats().Bytes)
+	w.count = c
+	m, err := writeFilesystem(w, b.r, p, e, t, e.Size(), b.opts, false)
+	if err != nil {
+		return err
+	}
+	mp.Filesystem, mp.FilesystemSize = p.Filesystem, m.ImageSize
+	return nil
+}
+
+// writeFilesystem runs the writer the spec names.
+func writeFilesystem(w *boundedWriter, r *Recipe, p *PartitionSpec, e layout.Entry, t *tree.Tree, size int64, opts Options, readOnly bool) (*blockmap.Map, error) {
+	label := p.FSLabel
+	if label == "" {
+		label = e.Label
+	}
+	uuid, hashSeed := fsIDs(r.Seed, e.Label)
+	var m *blockmap.Map
+	var err error
+	switch p.Filesystem {
+	case "ext4":
+		m, err = ext4.Write(w, t, ext4.Options{Size: size, ReadOnly: readOnly, UUID: uuid, HashSeed: hashSeed,
+			Label: truncate(label, 16), Mtime: opts.SourceDateEpoch, Sparse: !readOnly})
+	case "squashfs":
+		o := squashfs.Options{Level: p.Level, Mtime: opts.SourceDateEpoch, Workers: opts.Workers}
+		if p.Compression == "gzip" {
+			o.Compression = squashfs.Gzip
+		}
+		m, err = squashfs.Write(w, t, o)
+	case "vfat":
+		vid := layout.DeriveGUID(r.Seed, "fat-volume-id", e.Label)
+		m, err = fat.Write(w, t, fat.Options{Size: size, Label: truncate(label, 11), VolumeID: uint32(vid[0])<<24 | uint32(vid[1])<<16 | uint32(vid[2])<<8 | uint32(vid[3]),
+			Mtime: opts.SourceDateEpoch, HiddenSectors: uint32(e.Start)})
+	default:
+		err = fmt.Errorf("unknown filesystem %q", p.Filesystem)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w", e.Label, p.Filesystem, err)
+	}
+	return m, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// writeUsr writes the verity-protected USR partition into its own image
+// file (usr.img, the size of the partition): the filesystem from byte 0,
+// zero-padded to the layout's fs-size when it gives one (so the hash tree
+// sits at the fixed offset the boot code expects), then the dm-verity
+// superblock and hash tree.
+func (b *builder) writeUsr(stage string, p *PartitionSpec, lp *layout.Partition, e layout.Entry, t *tree.Tree, mp *manifest.Partition) (*os.File, *blockmap.Map, error) {
+	f, err := os.OpenFile(filepath.Join(stage, UsrFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+		}
+	}()
+	if err := f.Truncate(e.Size()); err != nil {
+		return nil, nil, err
+	}
+	// The filesystem may use what the hash tree leaves of the partition.
+	limit := e.Size() - verity.HashTreeSize(uint64(e.Size()/4096))
+	if lp.FSSize > 0 {
+		if lp.FSSize+verity.HashTreeSize(uint64(lp.FSSize/4096)) > e.Size() {
+			return nil, nil, fmt.Errorf("%s: fs-size %d leaves no room for the verity hash tree in a %d-byte partition", e.Label, lp.FSSize, e.Size())
+		}
+		limit = lp.FSSize
+	}
+	c := b.start("filesystem "+e.Label, t.Stats().Bytes)
+	w := &boundedWriter{w: f, limit: limit, name: e.Label, count: c}
+	fsSize := int64(0)
+	if p.Filesystem == "ext4" && lp.FSSize > 0 {
+		fsSize = lp.FSSize // a fixed-size ext4, as Container Linux's fs_blocks
+	}
+	m, err := writeFilesystem(w, b.r, p, e, t, fsSize, b.opts, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	dataSize := (m.ImageSize + 4095) / 4096 * 4096
+	if lp.FSSize > 0 {
+		dataSize = lp.FSSize
+	}
+	if dataSize > limit {
+		return nil, nil, fmt.Errorf("%s: %s image of %d bytes exceeds the %d bytes available before the verity hash tree", e.Label, p.Filesystem, m.ImageSize, limit)
+	}
+	mp.Filesystem, mp.FilesystemSize = p.Filesystem, m.ImageSize
+
+	b.start("verity "+e.Label, dataSize)
+	salt := verity.SaltFromSeed([]byte(b.r.Seed + "/verity/" + e.Label))
+	params := verity.Params{DataBlocks: uint64(dataSize / 4096), Salt: salt, UUID: layout.DeriveGUID(b.r.Seed, "verity-uuid", e.Label)}
+	root, err := verity.Format(f, 0, dataSize, params)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: verity: %w", e.Label, err)
+	}
+	b.counter.add(dataSize)
+	mp.Verity = &manifest.Verity{Algorithm: "sha256", RootHash: hex.EncodeToString(root), Salt: hex.EncodeToString(salt),
+		DataBlockSize: 4096, HashBlockSize: 4096, DataBlocks: params.DataBlocks, HashOffset: dataSize}
+	ok = true
+	return f, m, nil
+}

@@ -1,0 +1,84 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kiln-os/kiln/build/manifest"
+	"github.com/kiln-os/kiln/build/source"
+	"github.com/kiln-os/kiln/build/source/oci"
+	"github.com/kiln-os/kiln/build/tree"
+)
+
+// partitionTree resolves what goes into one partition: the source (if
+// any), narrowed to Subdir, with the recipe's files placed over it. New
+// directories and inline files get the build time (SOURCE_DATE_EPOCH).
+func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *source.Spool, epoch time.Time, log *slog.Logger) (*tree.Tree, *manifest.Source, error) {
+	fail := func(err error) error { return fmt.Errorf("%s: %w", p.Label, err) }
+	t := tree.New(epoch)
+	var src *manifest.Source
+	if p.Source != "" {
+		kind, rest, _ := strings.Cut(p.Source, ":")
+		var err error
+		switch kind {
+		case "dir":
+			t, err = source.FromDir(r.resolve(rest))
+		case "tar":
+			t, err = spool.FromTar(r.resolve(rest), epoch)
+		default:
+			spec := p.Source
+			if kind == "oci" || kind == "oci-archive" || kind == "docker-archive" {
+				// Relative paths are relative to the recipe.
+				spec = kind + ":" + r.resolve(rest)
+			}
+			var img *oci.Image
+			img, err = oci.FromImage(ctx, spool, spec, epoch, log)
+			if err == nil {
+				t = img.Tree
+				src = &manifest.Source{Partition: p.Label, Ref: p.Source, Digest: img.Digest, Layers: img.Layers}
+			}
+		}
+		if err != nil {
+			return nil, nil, fail(fmt.Errorf("source %s: %w", p.Source, err))
+		}
+		if src == nil {
+			src = &manifest.Source{Partition: p.Label, Ref: p.Source}
+		}
+		if p.Subdir != "" && p.Subdir != "/" {
+			sub, err := t.Sub(p.Subdir)
+			if err != nil {
+				return nil, nil, fail(fmt.Errorf("subdir %s of %s: %w", p.Subdir, p.Source, err))
+			}
+			t = sub
+		}
+	}
+	for _, f := range p.Files {
+		n := &tree.Inode{Type: tree.Regular, Perm: f.Mode, UID: f.UID, GID: f.GID, Mtime: epoch}
+		if f.From != "" {
+			host := r.resolve(f.From)
+			st, err := statRegular(host)
+			if err != nil {
+				return nil, nil, fail(fmt.Errorf("file %s: from %s: %w", f.Path, f.From, err))
+			}
+			n.Size, n.Content = st, tree.HostFile(host)
+		} else {
+			n.Size, n.Content = int64(len(f.Content)), tree.Bytes(f.Content)
+		}
+		if err := t.Put(f.Path, n); err != nil {
+			return nil, nil, fail(fmt.Errorf("file %s: %w", f.Path, err))
+		}
+	}
+	return t, src, nil
+}
+
+// resolve makes a recipe-relative path absolute.
+func (r *Recipe) resolve(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(r.Dir, p)
+}

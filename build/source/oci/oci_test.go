@@ -1,0 +1,278 @@
+package oci
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-os/kiln/build/source"
+	"github.com/kiln-os/kiln/build/tree"
+)
+
+var epoch = time.Unix(1700000000, 0)
+
+type entry struct {
+	name     string
+	typ      byte
+	body     string
+	link     string
+	mode     int64
+	uid, gid int
+	xattrs   map[string]string
+	major    int64
+}
+
+func tarBytes(t *testing.T, entries []entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
+			ModTime: epoch.Add(123456789), Linkname: e.link, Size: int64(len(e.body)), Format: tar.FormatPAX, Devmajor: e.major, Devminor: 7}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if e.typ != tar.TypeReg {
+			h.Size = 0
+		}
+		if len(e.xattrs) > 0 {
+			h.PAXRecords = map[string]string{}
+			for k, v := range e.xattrs {
+				h.PAXRecords["SCHILY.xattr."+k] = v
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if e.typ == tar.TypeReg {
+			tw.Write([]byte(e.body))
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+// writeOCILayout writes an OCI image layout with one gzip layer per entry
+// list, tagged "v1", and returns its directory.
+func writeOCILayout(t *testing.T, layers ...[]entry) string {
+	t.Helper()
+	dir := t.TempDir()
+	blobs := filepath.Join(dir, "blobs", "sha256")
+	os.MkdirAll(blobs, 0o755)
+	put := func(b []byte) (string, int) {
+		sum := sha256.Sum256(b)
+		h := hex.EncodeToString(sum[:])
+		os.WriteFile(filepath.Join(blobs, h), b, 0o644)
+		return "sha256:" + h, len(b)
+	}
+	type desc struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      string            `json:"digest"`
+		Size        int               `json:"size"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	var layerDescs []desc
+	var diffIDs []string
+	for _, l := range layers {
+		raw := tarBytes(t, l)
+		sum := sha256.Sum256(raw)
+		diffIDs = append(diffIDs, "sha256:"+hex.EncodeToString(sum[:]))
+		var gz bytes.Buffer
+		zw := gzip.NewWriter(&gz)
+		zw.Write(raw)
+		zw.Close()
+		d, n := put(gz.Bytes())
+		layerDescs = append(layerDescs, desc{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: d, Size: n})
+	}
+	cfg, _ := json.Marshal(map[string]any{"architecture": "amd64", "os": "linux", "rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs}})
+	cd, cn := put(cfg)
+	man, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": desc{MediaType: "application/vnd.oci.image.config.v1+json", Digest: cd, Size: cn}, "layers": layerDescs})
+	md, mn := put(man)
+	idx, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []desc{{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: md, Size: mn, Annotations: map[string]string{"org.opencontainers.image.ref.name": "v1"}}}})
+	os.WriteFile(filepath.Join(dir, "index.json"), idx, 0o644)
+	os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
+	return dir
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func read(t *testing.T, n *tree.Inode) string {
+	t.Helper()
+	if n.Content == nil {
+		return ""
+	}
+	rc, err := n.Content.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(rc)
+	return string(b)
+}
+
+func TestOCILayersWhiteoutsOpaque(t *testing.T) {
+	lower := []entry{
+		{name: "usr/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/bin/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/bin/keep", typ: tar.TypeReg, body: "keep", mode: 0o755, uid: 100000, gid: 70000},
+		{name: "usr/bin/gone", typ: tar.TypeReg, body: "gone"},
+		{name: "usr/bin/hard", typ: tar.TypeLink, link: "usr/bin/keep"},
+		{name: "usr/lib/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/lib/old1", typ: tar.TypeReg, body: "old1"},
+		{name: "usr/lib/old2", typ: tar.TypeReg, body: "old2"},
+		{name: "usr/share/x", typ: tar.TypeReg, body: "replaced later"},
+		{name: "dev/null", typ: tar.TypeChar, mode: 0o666, major: 1},
+		{name: "usr/bin/sh", typ: tar.TypeSymlink, link: "/usr/bin/busybox"},
+		{name: "usr/bin/cap", typ: tar.TypeReg, body: "c", xattrs: map[string]string{"security.capability": "\x01\x00\x00\x02", "user.k": "v"}},
+	}
+	upper := []entry{
+		{name: "usr/bin/.wh.gone", typ: tar.TypeReg},
+		{name: "usr/lib/new", typ: tar.TypeReg, body: "new"},
+		{name: "usr/lib/.wh..wh..opq", typ: tar.TypeReg},
+		{name: "usr/share/x", typ: tar.TypeReg, body: "upper"},
+	}
+	dir := writeOCILayout(t, lower, upper)
+	sp, err := source.NewSpool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	img, err := FromImage(context.Background(), sp, "oci:"+dir+":v1", epoch, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(img.Digest, "sha256:") || len(img.Layers) != 2 {
+		t.Errorf("digest %q layers %v", img.Digest, img.Layers)
+	}
+	tr := img.Tree
+	if _, err := tr.Lookup("usr/bin/gone"); !errors.Is(err, tree.ErrNotExist) {
+		t.Errorf("whiteout did not remove usr/bin/gone: %v", err)
+	}
+	lib, _ := tr.Lookup("usr/lib")
+	if len(lib.Entries) != 1 || lib.Entries[0].Name != "new" {
+		t.Errorf("opaque usr/lib holds %v, want only new", lib.Entries)
+	}
+	keep, _ := tr.Lookup("usr/bin/keep")
+	hard, _ := tr.Lookup("usr/bin/hard")
+	if keep != hard || read(t, keep) != "keep" || keep.UID != 100000 || keep.GID != 70000 || keep.Perm != 0o755 {
+		t.Errorf("keep/hard: %+v %p %p", keep, keep, hard)
+	}
+	if !keep.Mtime.Equal(epoch.Add(123456789)) {
+		t.Errorf("mtime %v lost nanoseconds", keep.Mtime)
+	}
+	x, _ := tr.Lookup("usr/share/x")
+	if read(t, x) != "upper" {
+		t.Errorf("usr/share/x = %q", read(t, x))
+	}
+	null, _ := tr.Lookup("dev/null")
+	if null.Type != tree.CharDevice || null.Major != 1 || null.Minor != 7 {
+		t.Errorf("dev/null %+v", null)
+	}
+	sh, _ := tr.Lookup("usr/bin/sh")
+	if sh.Type != tree.Symlink || sh.Target != "/usr/bin/busybox" {
+		t.Errorf("sh %+v", sh)
+	}
+	c, _ := tr.Lookup("usr/bin/cap")
+	if len(c.Xattrs) != 2 || c.Xattrs[0].Name != "security.capability" || string(c.Xattrs[1].Value) != "v" {
+		t.Errorf("xattrs %+v", c.Xattrs)
+	}
+}
+
+func TestLayerEscapesAreErrors(t *testing.T) {
+	cases := map[string][]entry{
+		"dotdot":           {{name: "../etc/passwd", typ: tar.TypeReg, body: "x"}},
+		"nested dotdot":    {{name: "usr/../../x", typ: tar.TypeReg, body: "x"}},
+		"through symlink":  {{name: "evil", typ: tar.TypeSymlink, link: "/etc"}, {name: "evil/passwd", typ: tar.TypeReg, body: "x"}},
+		"hardlink outside": {{name: "h", typ: tar.TypeLink, link: "../../etc/shadow"}},
+		"whiteout through": {{name: "evil", typ: tar.TypeSymlink, link: "/"}, {name: "evil/.wh.etc", typ: tar.TypeReg}},
+	}
+	for name, entries := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := writeOCILayout(t, entries)
+			sp, _ := source.NewSpool(t.TempDir())
+			defer sp.Close()
+			_, err := FromImage(context.Background(), sp, "oci:"+dir+":v1", epoch, quietLog())
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), "layer 0 (sha256:") || !strings.Contains(err.Error(), "entry \"") {
+				t.Errorf("error does not name the layer and entry: %v", err)
+			}
+		})
+	}
+}
+
+func TestCorruptLayerDigest(t *testing.T) {
+	dir := writeOCILayout(t, []entry{{name: "a", typ: tar.TypeReg, body: "a"}})
+	// Append a byte to the layer blob: gzip ignores it, the digest does not.
+	matches, _ := filepath.Glob(filepath.Join(dir, "blobs", "sha256", "*"))
+	for _, m := range matches {
+		b, _ := os.ReadFile(m)
+		if len(b) > 2 && b[0] == 0x1f && b[1] == 0x8b {
+			b[len(b)-5] ^= 0xff // inside the gzip trailer (CRC)
+			os.WriteFile(m, b, 0o644)
+		}
+	}
+	sp, _ := source.NewSpool(t.TempDir())
+	defer sp.Close()
+	if _, err := FromImage(context.Background(), sp, "oci:"+dir+":v1", epoch, quietLog()); err == nil {
+		t.Fatal("corrupt layer accepted")
+	}
+}
+
+// TestUmociImage reads an image made by umoci (a tool nobody here wrote):
+// two layers, the second deleting a file.
+func TestUmociImage(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	umoci := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("umoci", args...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("umoci %v: %v\n%s", args, err, out)
+		}
+	}
+	umoci("init", "--layout", img)
+	umoci("new", "--image", img+":v1")
+	b1 := filepath.Join(dir, "b1")
+	umoci("unpack", "--rootless", "--image", img+":v1", b1)
+	os.MkdirAll(filepath.Join(b1, "rootfs/usr/bin"), 0o755)
+	os.WriteFile(filepath.Join(b1, "rootfs/usr/bin/a"), []byte("hello"), 0o755)
+	os.WriteFile(filepath.Join(b1, "rootfs/usr/bin/gone"), []byte("bye"), 0o644)
+	umoci("repack", "--image", img+":v1", b1)
+	b2 := filepath.Join(dir, "b2")
+	umoci("unpack", "--rootless", "--image", img+":v1", b2)
+	os.Remove(filepath.Join(b2, "rootfs/usr/bin/gone"))
+	umoci("repack", "--image", img+":v2", b2)
+
+	sp, _ := source.NewSpool(t.TempDir())
+	defer sp.Close()
+	im, err := FromImage(context.Background(), sp, "oci:"+img+":v2", epoch, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Layers) != 2 {
+		t.Errorf("%d layers", len(im.Layers))
+	}
+	a, err := im.Tree.Lookup("usr/bin/a")
+	if err != nil || read(t, a) != "hello" || a.Perm != 0o755 {
+		t.Errorf("usr/bin/a: %v %+v", err, a)
+	}
+	if _, err := im.Tree.Lookup("usr/bin/gone"); err == nil {
+		t.Error("umoci's whiteout was not applied")
+	}
+}
