@@ -94,6 +94,11 @@ var (
 // the filesystem, such as a dm-verity hash tree, belongs at that offset.
 // Regular files are streamed from their Content through a bounded buffer,
 // one at a time, in inode order.
+//
+// Write is one call over the whole tree rather than a Writer fed entry by
+// entry: placing anything needs all of it first (directory blocks hold
+// inode numbers, the group count follows from the total size), so a Writer
+// would only buffer the tree.
 func Write(w io.WriterAt, t *tree.Tree, opts Options) (*blockmap.Map, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
