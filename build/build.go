@@ -18,6 +18,7 @@ import (
 	"github.com/kiln-os/kiln/build/source"
 	"github.com/kiln-os/kiln/build/tree"
 	"github.com/kiln-os/kiln/build/verity"
+	"github.com/kiln-os/kiln/internal/hashing"
 	"github.com/kiln-os/kiln/layout"
 )
 
@@ -45,6 +46,9 @@ type Options struct {
 	Log         *slog.Logger
 	// Workers bounds parallel work; 0 uses every core.
 	Workers int
+	// SignManifest, when set, signs the manifest file at path (writing
+	// path + ".sig") before the outputs are moved into place.
+	SignManifest func(ctx context.Context, path string) error
 }
 
 // Result describes a finished build.
@@ -52,6 +56,8 @@ type Result struct {
 	Manifest *manifest.Manifest
 	// Paths of the outputs.
 	Disk, Usr, ManifestPath, BlockMap string
+	// Signature is the manifest's signature file, when it was signed.
+	Signature string
 	// Stages are the durations of the build's stages, in order.
 	Stages []StageTime
 }
@@ -227,20 +233,16 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	}
 
 	// (5) Partition hashes.
-	var jobs []*hashJob
+	var jobs []*hashing.Job
 	for _, e := range table.Partitions {
-		jobs = append(jobs, &hashJob{r: disk, off: e.Offset(), size: e.Size()})
+		jobs = append(jobs, &hashing.Job{R: disk, Off: e.Offset(), Size: e.Size()})
 	}
-	var total int64
-	for _, j := range jobs {
-		total += j.size
-	}
-	hashRanges(jobs, b.opts.Workers, b.start("hash", total))
+	hashing.Ranges(jobs, b.opts.Workers, b.start("hash", table.Size()).add)
 	for i, j := range jobs {
-		if j.err != nil {
-			return nil, fmt.Errorf("%s: hashing: %w", m.Partitions[i].Label, j.err)
+		if j.Err != nil {
+			return nil, fmt.Errorf("%s: hashing: %w", m.Partitions[i].Label, j.Err)
 		}
-		m.Partitions[i].SHA256 = j.sum
+		m.Partitions[i].SHA256 = j.Sum
 	}
 
 	// (6) Manifest, block map; then everything into place.
@@ -268,8 +270,15 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	if err := disk.Sync(); err != nil {
 		return nil, err
 	}
-	b.end()
 	names := []string{DiskFile, ManifestFile}
+	if b.opts.SignManifest != nil {
+		b.start("sign", 0)
+		if err := b.opts.SignManifest(ctx, filepath.Join(stage, ManifestFile)); err != nil {
+			return nil, fmt.Errorf("signing the manifest: %w", err)
+		}
+		names = append(names, ManifestFile+".sig")
+	}
+	b.end()
 	if usrFile != nil {
 		names = append(names, UsrFile, BlockMapFile)
 	}
@@ -280,6 +289,9 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	}
 	os.RemoveAll(stage)
 	res = &Result{Manifest: m, Disk: filepath.Join(b.opts.OutDir, DiskFile), ManifestPath: filepath.Join(b.opts.OutDir, ManifestFile), Stages: b.stages}
+	if b.opts.SignManifest != nil {
+		res.Signature = res.ManifestPath + ".sig"
+	}
 	if usrFile != nil {
 		res.Usr = filepath.Join(b.opts.OutDir, UsrFile)
 		res.BlockMap = filepath.Join(b.opts.OutDir, BlockMapFile)

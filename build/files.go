@@ -1,13 +1,10 @@
 package build
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -100,90 +97,3 @@ func copyRange(dst *os.File, dstOff int64, src *os.File, srcOff, n int64) error 
 	return nil
 }
 
-// hashJob is one byte range to SHA-256.
-type hashJob struct {
-	r    io.ReaderAt
-	off  int64
-	size int64
-	sum  string
-	err  error
-}
-
-// hashRanges hashes the ranges, several at once, with a 1 MiB buffer each.
-// Holes of sparse files are hashed as zeros without being read.
-func hashRanges(jobs []*hashJob, workers int, count *progressCounter) {
-	ch := make(chan *hashJob)
-	var wg sync.WaitGroup
-	zeros := make([]byte, 1<<20)
-	for range max(workers, 1) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 1<<20)
-			for j := range ch {
-				h := sha256.New()
-				j.err = forEachExtent(j.r, j.off, j.size, func(off, n int64, hole bool) error {
-					for n > 0 {
-						c := min(n, int64(len(buf)))
-						if hole {
-							h.Write(zeros[:c])
-						} else {
-							if _, err := j.r.ReadAt(buf[:c], off); err != nil {
-								return err
-							}
-							h.Write(buf[:c])
-						}
-						count.add(c)
-						off, n = off+c, n-c
-					}
-					return nil
-				})
-				j.sum = hex.EncodeToString(h.Sum(nil))
-			}
-		}()
-	}
-	for _, j := range jobs {
-		ch <- j
-	}
-	close(ch)
-	wg.Wait()
-}
-
-// forEachExtent calls fn for the data and hole extents of [off, off+size)
-// in order. A reader that is not a file (or a filesystem without
-// SEEK_DATA) is one data extent.
-func forEachExtent(r io.ReaderAt, off, size int64, fn func(off, n int64, hole bool) error) error {
-	f, ok := r.(*os.File)
-	if !ok {
-		return fn(off, size, false)
-	}
-	fd := int(f.Fd())
-	end := off + size
-	for off < end {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			return fn(off, end-off, true) // a hole to the end of the file
-		}
-		if err != nil {
-			return fn(off, end-off, false)
-		}
-		data = min(data, end)
-		if data > off {
-			if err := fn(off, data-off, true); err != nil {
-				return err
-			}
-			off = data
-			continue
-		}
-		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-		if err != nil {
-			hole = end
-		}
-		hole = min(hole, end)
-		if err := fn(off, hole-off, false); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return nil
-}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/kiln-os/kiln/build"
 	"github.com/kiln-os/kiln/layout"
+	"github.com/kiln-os/kiln/sign"
 )
 
 // sourceDateEpoch reads SOURCE_DATE_EPOCH; unset means 0, so that builds
@@ -31,6 +33,7 @@ func newBuildCommand(g *globals) *cobra.Command {
 	var out string
 	var sets []string
 	var quiet bool
+	var key string
 	c := &cobra.Command{
 		Use:   "build RECIPE -o OUTDIR [--set key=value]...",
 		Short: "Build a disk image, the USR image and the manifest from a recipe",
@@ -47,16 +50,28 @@ func newBuildCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return usageError(err)
 			}
-			res, err := build.Build(cmd.Context(), r, build.Options{
+			opts := build.Options{
 				OutDir: out, SourceDateEpoch: epoch, KilnVersion: version,
 				Progress: newProgress(g.env.Stderr, quiet || g.json), Log: g.logger(),
-			})
+			}
+			if key != "" {
+				// Load the key first: a build that cannot be signed fails
+				// before it starts.
+				signer, err := sign.LoadSigner(cmd.Context(), key, keyPassphrase)
+				if err != nil {
+					return keyError(fmt.Errorf("--sign %s: %w", key, err))
+				}
+				opts.SignManifest = func(ctx context.Context, path string) error {
+					return sign.SignFile(ctx, signer, path)
+				}
+			}
+			res, err := build.Build(cmd.Context(), r, opts)
 			if err != nil {
 				return failed(fmt.Errorf("build %s: %w", args[0], err))
 			}
 			if g.json {
 				return g.printJSON(map[string]any{"disk": res.Disk, "usr": res.Usr, "manifest": res.ManifestPath,
-					"block_map": res.BlockMap, "stages": res.Stages, "image": res.Manifest})
+					"block_map": res.BlockMap, "signature": res.Signature, "stages": res.Stages, "image": res.Manifest})
 			}
 			w := g.env.Stdout
 			m := res.Manifest
@@ -76,5 +91,6 @@ func newBuildCommand(g *globals) *cobra.Command {
 	c.Flags().StringVarP(&out, "output", "o", "", "output directory")
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe key (version=1.2.3, partitions.USR-A.source=dir:x)")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
+	c.Flags().StringVar(&key, "sign", "", "sign manifest.json with this key (PEM file, env://VAR or KMS URI)")
 	return c
 }
