@@ -96,4 +96,3 @@ func copyRange(dst *os.File, dstOff int64, src *os.File, srcOff, n int64) error 
 	}
 	return nil
 }
-

@@ -78,8 +78,9 @@ var errStopped = errors.New("squashfs: stopped")
 func writeData(w *bufWriter, files []*fileRec, o Options, start int64) ([]fragment, int64, error) {
 	bs := o.BlockSize
 	// Enough blocks in flight to keep every worker busy while the writer
-	// waits for the oldest, within about 128 MiB of buffers.
-	inflight := max(2*o.Workers+2, min(4*o.Workers+4, (128<<20)/(2*bs)))
+	// waits for the oldest (a worker may be descheduled on a busy machine),
+	// within about 64 MiB of buffers.
+	inflight := max(2*o.Workers+2, min(8*o.Workers+16, (64<<20)/(2*bs)))
 	p := &pipeline{
 		bs:    bs,
 		files: files,

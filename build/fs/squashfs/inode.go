@@ -33,10 +33,9 @@ const (
 const extended = typeExtDir - typeDir
 
 const (
-	noXattr      = 0xffffffff // SQUASHFS_INVALID_XATTR
-	maxDirCount  = 256        // entries under one directory header
-	maxIDs       = 1 << 16    // uid/gid indices are 16 bits
-	dirHeaderLen = 12
+	noXattr     = 0xffffffff // SQUASHFS_INVALID_XATTR
+	maxDirCount = 256        // entries under one directory header
+	maxIDs      = 1 << 16    // uid/gid indices are 16 bits
 )
 
 var basicType = map[tree.Type]uint16{
@@ -137,6 +136,10 @@ type dirIndex struct {
 // writeDir writes everything below directory d, then d's listing and inode,
 // and returns d's inode reference. parent is the parent's inode number.
 func (b *metaBuilder) writeDir(d *tree.Inode, path string, parent uint32) (uint64, error) {
+	name := path
+	if name == "" {
+		name = "/"
+	}
 	ents := make([]dirEnt, 0, len(d.Entries))
 	subdirs := uint32(0)
 	for _, e := range d.Entries {
@@ -167,18 +170,18 @@ func (b *metaBuilder) writeDir(d *tree.Inode, path string, parent uint32) (uint6
 	listRef := b.dirs.ref()
 	size, index, err := b.writeListing(ents)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	xid, err := b.xattr(d)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	start, offset := listRef>>16, uint16(listRef&0xffff)
 	if start > math.MaxUint32 {
 		return 0, fmt.Errorf("%w: directory table over 4 GiB", ErrTooLarge)
 	}
 	if len(index) > math.MaxUint16 {
-		return 0, fmt.Errorf("%w: %s: directory too large", ErrTooLarge, path)
+		return 0, fmt.Errorf("%w: %s: directory too large", ErrTooLarge, name)
 	}
 	ref := b.inodes.ref()
 	nlink := 2 + subdirs
@@ -186,7 +189,7 @@ func (b *metaBuilder) writeDir(d *tree.Inode, path string, parent uint32) (uint6
 	if xid == noXattr && len(index) == 0 && size <= math.MaxUint16 {
 		buf, err := b.header(b.buf[:0], typeDir, d)
 		if err != nil {
-			return 0, fmt.Errorf("%s: %w", path, err)
+			return 0, fmt.Errorf("%s: %w", name, err)
 		}
 		buf = le.AppendUint32(buf, uint32(start))
 		buf = le.AppendUint32(buf, nlink)
@@ -198,7 +201,7 @@ func (b *metaBuilder) writeDir(d *tree.Inode, path string, parent uint32) (uint6
 	}
 	buf, err := b.header(b.buf[:0], typeExtDir, d)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	buf = le.AppendUint32(buf, nlink)
 	buf = le.AppendUint32(buf, size)

@@ -10,12 +10,16 @@
 //	zero padding to a 4 KiB boundary.
 //
 // File data is read, compressed on all cores and written in order through a
-// bounded pipeline (never a whole file in memory). Tail ends of files are
-// packed into fragment blocks, all-zero blocks are stored as sparse (size 0)
-// blocks, blocks that do not shrink are stored uncompressed and files with
-// identical content share their blocks. The output depends only on the tree
-// and the options: the same input gives the same bytes whatever the number of
-// workers.
+// bounded pipeline (never a whole file in memory). The tail end of every file
+// is packed into a fragment block (mksquashfs -always-use-fragments),
+// all-zero blocks are stored as sparse (size 0) blocks, blocks that do not
+// shrink are stored uncompressed, and duplicates are shared as mksquashfs
+// shares them: equal runs of full blocks and equal tail ends are stored once.
+// Inodes use the extended form only when needed (hard links, xattrs, sparse
+// or 4 GiB files, large or indexed directories); directories over one
+// metadata block get an index; the export table is always written. The
+// output depends only on the tree and the options: the same input gives the
+// same bytes whatever the number of workers.
 //
 // The format is described in the Linux kernel's fs/squashfs/squashfs_fs.h and
 // Documentation/filesystems/squashfs.rst.
@@ -92,9 +96,11 @@ const (
 type Options struct {
 	// Compression selects the compressor (Zstd by default).
 	Compression Compression
-	// Level is the compression level: 1–22 for zstd (mapped onto the
-	// encoder's speed classes as `zstd -N` would be), 1–9 for gzip.
-	// Zero picks DefaultZstdLevel or DefaultGzipLevel.
+	// Level is the compression level: 1–22 for zstd, 1–9 for gzip; zero
+	// picks DefaultZstdLevel or DefaultGzipLevel. The pure-Go zstd encoder
+	// has four speed classes, picked as klauspost/compress's
+	// EncoderLevelFromZstd does: 1–2 fastest, 3–5 default, 6–9 better,
+	// 10–22 best. The level is recorded in the compressor options.
 	Level int
 	// BlockSize is the data block size in bytes: a power of two from 4 KiB
 	// to 1 MiB. Zero means DefaultBlockSize.

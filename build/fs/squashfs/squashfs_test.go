@@ -195,6 +195,7 @@ func randomBytes(n int) []byte {
 }
 
 func TestRealTree(t *testing.T) {
+	t.Parallel()
 	const dir = "/usr/share/doc"
 	tr, err := source.FromDir(dir)
 	if err != nil {
@@ -332,4 +333,62 @@ func TestCompressionNames(t *testing.T) {
 			t.Errorf("%d has no name", c)
 		}
 	}
+}
+
+// TestTablesAndExtendedInodes covers what random trees do not: the
+// extended inode of every type (xattrs on directories, symlinks, devices,
+// fifos and sockets), hard-linked non-files, id and xattr id tables that
+// span several metadata blocks, and directory headers split because inode
+// numbers jump by more than 32767.
+func TestTablesAndExtendedInodes(t *testing.T) {
+	t.Parallel()
+	tr := tree.New(testMtime)
+	put := func(p string, n *tree.Inode) {
+		t.Helper()
+		if n.Mtime.IsZero() {
+			n.Mtime = testMtime
+		}
+		if err := tr.Put(p, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 3000 distinct uids and gids (6000 ids: 3 id table blocks) and 2500
+	// distinct xattr sets (5 xattr id blocks, many key/value blocks).
+	for i := range 3000 {
+		n := &tree.Inode{Type: tree.Regular, Perm: 0o640, UID: 1000 + uint32(i), GID: 200000 + uint32(i),
+			Size: 2, Content: tree.Bytes("hi")}
+		if i < 2500 {
+			n.SetXattr("user.index", []byte(fmt.Sprint(i)))
+			n.SetXattr("trusted.kiln", bytes.Repeat([]byte{byte(i)}, i%300))
+		}
+		put(fmt.Sprintf("owners/%04d", i), n)
+	}
+	// "a" and "z" sandwich 33000 inodes, so their inode numbers differ by
+	// more than a directory header can reach (32767).
+	put("jump/a", &tree.Inode{Type: tree.Regular, Perm: 0o644, Size: 1, Content: tree.Bytes("a")})
+	for i := range 33000 {
+		put(fmt.Sprintf("jump/m/%05d", i), &tree.Inode{Type: tree.FIFO, Perm: 0o600})
+	}
+	put("jump/z", &tree.Inode{Type: tree.Regular, Perm: 0o644, Size: 1, Content: tree.Bytes("z")})
+	// extended inodes of every type
+	xa := func(n *tree.Inode) *tree.Inode {
+		n.SetXattr("trusted.overlay.opaque", []byte("y"))
+		n.SetXattr("security.selinux", []byte("system_u:object_r:usr_t:s0\x00"))
+		return n
+	}
+	put("ext/dir", xa(&tree.Inode{Type: tree.Dir, Perm: 0o750}))
+	put("ext/symlink", xa(&tree.Inode{Type: tree.Symlink, Perm: 0o777, Target: "dir"}))
+	put("ext/block", xa(&tree.Inode{Type: tree.BlockDevice, Perm: 0o600, Major: 259, Minor: 1}))
+	put("ext/char", xa(&tree.Inode{Type: tree.CharDevice, Perm: 0o600, Major: 4095, Minor: 1<<20 - 1}))
+	put("ext/fifo", xa(&tree.Inode{Type: tree.FIFO, Perm: 0o600}))
+	put("ext/socket", xa(&tree.Inode{Type: tree.Socket, Perm: 0o600}))
+	put("ext/file", xa(&tree.Inode{Type: tree.Regular, Perm: 0o600, Size: 5, Content: tree.Bytes("hello")}))
+	// hard links of non-files
+	for _, p := range []string{"ext/symlink", "ext/char", "ext/fifo", "ext/socket"} {
+		if err := tr.Link(p+"-link", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img, _ := build(t, tr, Options{Mtime: testMtime})
+	checkImage(t, img, tr)
 }
