@@ -1,0 +1,254 @@
+package test
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kiln-os/kiln/build/manifest"
+)
+
+// smallLayout is the coreos partition set at sizes that make tests fast.
+const smallLayout = `name: small
+alignment: 1MiB
+partitions:
+  - {number: 1, label: EFI-SYSTEM, type: esp, size: 40MiB, filesystem: vfat}
+  - {number: 2, label: BIOS-BOOT, type: bios-boot, size: 1MiB}
+  - {number: 3, label: USR-A, type: coreos-usr, size: 64MiB, filesystem: ext4, fs-size: 60MiB, verity: true, slot: {priority: 1, successful: true}}
+  - {number: 4, label: USR-B, type: coreos-usr, size: 64MiB}
+  - {number: 5, label: ROOT-C, type: blank}
+  - {number: 6, label: OEM, type: linux-data, size: 16MiB, filesystem: ext4}
+  - {number: 9, label: ROOT, type: coreos-resize, size: rest, min-size: 16MiB, filesystem: ext4}
+`
+
+// buildSmall builds a small signed image with the given key and returns
+// the output directory.
+func buildSmall(t *testing.T, dir, key string, extra ...string) string {
+	t.Helper()
+	os.WriteFile(filepath.Join(dir, "small.yaml"), []byte(smallLayout), 0o644)
+	usr := filepath.Join(dir, "usr")
+	os.MkdirAll(filepath.Join(usr, "bin"), 0o755)
+	big := make([]byte, 3<<20)
+	for i := range big {
+		big[i] = byte(i * 31 / 7)
+	}
+	os.WriteFile(filepath.Join(usr, "bin", "big"), big, 0o755)
+	os.WriteFile(filepath.Join(usr, "bin", "small"), []byte("small\n"), 0o644)
+	recipe := filepath.Join(dir, "small-recipe.yaml")
+	os.WriteFile(recipe, []byte(`name: small
+version: 1.0.0
+layout: small.yaml
+partitions:
+  EFI-SYSTEM:
+    files: [{path: /EFI/BOOT/BOOTX64.EFI, content: "x"}]
+  USR-A:
+    source: dir:usr
+  OEM: {}
+  ROOT: {}
+`), 0o644)
+	out := filepath.Join(dir, "out")
+	args := append([]string{"build", "-q", recipe, "-o", out, "--sign", key}, extra...)
+	if r := kilnEnv(t, []string{"SOURCE_DATE_EPOCH=1700000000"}, args...); r.code != 0 {
+		t.Fatalf("build: %s", r.stderr)
+	}
+	return out
+}
+
+func TestSignVerifyEachKeyType(t *testing.T) {
+	for _, typ := range []string{"ecdsa-p256", "ed25519", "rsa-3072"} {
+		t.Run(typ, func(t *testing.T) {
+			dir := t.TempDir()
+			key := filepath.Join(dir, "release")
+			mustRun(t, kiln, "keygen", "--type", typ, "-o", key)
+			st, err := os.Stat(key + ".key")
+			if err != nil || st.Mode().Perm() != 0o600 {
+				t.Fatalf("key file mode %v %v", st.Mode(), err)
+			}
+			out := buildSmall(t, dir, key+".key")
+			man := filepath.Join(out, "manifest.json")
+			// openssl agrees with the signature kiln wrote.
+			sig, _ := os.ReadFile(man + ".sig")
+			raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(sig)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bin := filepath.Join(dir, "sig.bin")
+			os.WriteFile(bin, raw, 0o644)
+			if typ == "ed25519" {
+				mustRun(t, "openssl", "pkeyutl", "-verify", "-pubin", "-inkey", key+".pub", "-rawin", "-in", man, "-sigfile", bin)
+			} else {
+				mustRun(t, "openssl", "dgst", "-sha256", "-verify", key+".pub", "-signature", bin, man)
+			}
+			r := run(t, kiln, "verify", filepath.Join(out, "disk.img"), "--key", key+".pub")
+			if r.code != 0 || !strings.Contains(r.stdout, "verifies") {
+				t.Fatalf("verify: %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			for _, check := range []string{"signature", "gpt", "sha256 USR-A", "verity USR-A", "sha256 ROOT"} {
+				if !strings.Contains(r.stdout, "ok   "+check) {
+					t.Errorf("verify output lacks %q:\n%s", check, r.stdout)
+				}
+			}
+		})
+	}
+}
+
+// verifyFails runs kiln verify and expects exit 1 with a FAIL line for
+// check containing want.
+func verifyFails(t *testing.T, check, want string, args ...string) {
+	t.Helper()
+	r := run(t, kiln, append([]string{"verify"}, args...)...)
+	if r.code != 1 {
+		t.Errorf("%s: exit %d, want 1\n%s%s", check, r.code, r.stdout, r.stderr)
+		return
+	}
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.HasPrefix(line, "FAIL "+check) && strings.Contains(line, want) {
+			return
+		}
+	}
+	t.Errorf("%s: no FAIL line with %q:\n%s", check, want, r.stdout)
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	mustRun(t, "cp", "--sparse=always", src, dst)
+}
+
+func flip(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	f.ReadAt(b, off)
+	b[0] ^= 0x5a
+	f.WriteAt(b, off)
+}
+
+func TestVerifyNamesEachTampering(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, kiln, "keygen", "-o", filepath.Join(dir, "k"))
+	mustRun(t, kiln, "keygen", "-o", filepath.Join(dir, "other"))
+	out := buildSmall(t, dir, filepath.Join(dir, "k.key"))
+	pub := filepath.Join(dir, "k.pub")
+	disk := filepath.Join(out, "disk.img")
+	var m manifest.Manifest
+	b, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
+	json.Unmarshal(b, &m)
+	usr := m.Partition("USR-A")
+
+	// tampered returns a copy of the output directory to damage.
+	tampered := func(name string) string {
+		d := filepath.Join(dir, name)
+		os.MkdirAll(d, 0o755)
+		for _, f := range []string{"disk.img", "usr.img", "manifest.json", "manifest.json.sig"} {
+			copyFile(t, filepath.Join(out, f), filepath.Join(d, f))
+		}
+		return d
+	}
+
+	verifyFails(t, "signature", "does not verify", disk, "--key", filepath.Join(dir, "other.pub"))
+
+	d := tampered("sig")
+	sig, _ := os.ReadFile(filepath.Join(d, "manifest.json.sig"))
+	raw, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(string(sig)))
+	raw[len(raw)/2] ^= 1
+	os.WriteFile(filepath.Join(d, "manifest.json.sig"), []byte(base64.StdEncoding.EncodeToString(raw)+"\n"), 0o644)
+	verifyFails(t, "signature", "does not verify", filepath.Join(d, "disk.img"), "--key", pub)
+
+	d = tampered("truncated-sig")
+	os.WriteFile(filepath.Join(d, "manifest.json.sig"), sig[:10], 0o644)
+	verifyFails(t, "signature", "malformed", filepath.Join(d, "disk.img"), "--key", pub)
+
+	d = tampered("no-sig")
+	os.Remove(filepath.Join(d, "manifest.json.sig"))
+	verifyFails(t, "signature", "missing", filepath.Join(d, "disk.img"), "--key", pub)
+
+	d = tampered("manifest")
+	mb, _ := os.ReadFile(filepath.Join(d, "manifest.json"))
+	os.WriteFile(filepath.Join(d, "manifest.json"), []byte(strings.Replace(string(mb), `"version": "1.0.0"`, `"version": "9.0.0"`, 1)), 0o644)
+	verifyFails(t, "signature", "does not verify", filepath.Join(d, "disk.img"), "--key", pub)
+
+	// The GPT: resize USR-B with sgdisk (a valid GPT that differs).
+	d = tampered("gpt")
+	mustRun(t, "sgdisk", "-d", "4", "-n", "4:0:+32M", "-t", "4:5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6", "-c", "4:USR-B", "-u", "4:"+m.Partition("USR-B").GUID.String(), filepath.Join(d, "disk.img"))
+	verifyFails(t, "gpt", "partition 4 (USR-B): [size", filepath.Join(d, "disk.img"), "--key", pub)
+
+	// A manifest for another image: same key, another build.
+	other := t.TempDir()
+	otherOut := buildSmall(t, other, filepath.Join(dir, "k.key"), "--set", "version=1.0.1")
+	verifyFails(t, "gpt", "a manifest for another image", disk, "--key", pub, "--manifest", filepath.Join(otherOut, "manifest.json"))
+
+	// A data block of USR-A: named with the first bad 4 KiB block.
+	d = tampered("data")
+	flip(t, filepath.Join(d, "disk.img"), usr.Offset+3*4096+100)
+	verifyFails(t, "sha256 USR-A", "USR-A: sha256", filepath.Join(d, "disk.img"), "--key", pub)
+	verifyFails(t, "verity USR-A", "data block 3 ", filepath.Join(d, "disk.img"), "--key", pub)
+
+	// A hash-tree block (level 1 starts one block after the superblock).
+	d = tampered("hash")
+	flip(t, filepath.Join(d, "disk.img"), usr.Offset+usr.Verity.HashOffset+4096+8)
+	verifyFails(t, "verity USR-A", "verity", filepath.Join(d, "disk.img"), "--key", pub)
+
+	// The verity superblock's data block count.
+	d = tampered("superblock")
+	f, _ := os.OpenFile(filepath.Join(d, "disk.img"), os.O_RDWR, 0)
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], usr.Verity.DataBlocks-1)
+	f.WriteAt(n[:], usr.Offset+usr.Verity.HashOffset+72)
+	f.Close()
+	verifyFails(t, "verity USR-A", "verity", filepath.Join(d, "disk.img"), "--key", pub)
+
+	// Another partition's byte: its sha256 line fails, the rest pass.
+	d = tampered("root")
+	flip(t, filepath.Join(d, "disk.img"), m.Partition("ROOT").Offset+5000)
+	verifyFails(t, "sha256 ROOT", "ROOT: sha256", filepath.Join(d, "disk.img"), "--key", pub)
+
+	// A lone partition image.
+	if r := run(t, kiln, "verify", "--partition", "USR-A", filepath.Join(out, "usr.img"), "--key", pub); r.code != 0 {
+		t.Errorf("verify usr.img: %s%s", r.stdout, r.stderr)
+	}
+	d = tampered("usr")
+	flip(t, filepath.Join(d, "usr.img"), 7*4096)
+	verifyFails(t, "verity USR-A", "data block 7 ", "--partition", "USR-A", filepath.Join(d, "usr.img"), "--key", pub)
+
+	// JSON gives the same verdicts.
+	r := run(t, kiln, "verify", "--json", filepath.Join(d, "usr.img"), "--partition", "USR-A", "--key", pub)
+	var rep struct {
+		OK     bool `json:"ok"`
+		Checks []struct {
+			Name string `json:"name"`
+			OK   bool   `json:"ok"`
+		} `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.OK || r.code != 1 {
+		t.Errorf("json: %v %+v", err, rep)
+	}
+}
+
+func TestEncryptedKeyNeedsPassphrase(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "enc")
+	if r := kilnEnv(t, []string{"KILN_KEY_PASSWORD=correct horse"}, "keygen", "-o", key); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	file := filepath.Join(dir, "f")
+	os.WriteFile(file, []byte("payload"), 0o644)
+	r := kilnEnv(t, nil, "sign", file, "--key", key+".key")
+	if r.code != 2 || !strings.Contains(r.stderr, "KILN_KEY_PASSWORD") || strings.Contains(r.stderr, "PRIVATE KEY") {
+		t.Errorf("sign without passphrase: %+v", r)
+	}
+	if r := kilnEnv(t, []string{"KILN_KEY_PASSWORD=correct horse"}, "sign", file, "--key", key+".key"); r.code != 0 {
+		t.Errorf("sign with passphrase: %+v", r)
+	}
+	sig, _ := os.ReadFile(file + ".sig")
+	raw, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(string(sig)))
+	os.WriteFile(file+".bin", raw, 0o644)
+	mustRun(t, "openssl", "dgst", "-sha256", "-verify", key+".pub", "-signature", file+".bin", file)
+}
