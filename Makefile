@@ -40,3 +40,9 @@ test: deps
 
 clean:
 	rm -rf bin $(OUT)
+
+# kiln beside mksquashfs, mkfs.ext4, veritysetup and sha256sum on the same
+# input, as ratios (see docs/benchmarks.md); then the package benchmarks.
+bench: bin/kiln deps
+	test/bench.sh
+	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -run XXX -bench Compare1GiB -benchtime 1x ./build/verity/
