@@ -22,7 +22,7 @@ timeit() {
 	local name=$1; shift
 	"$@" >/dev/null 2>&1 || { echo "bench: $name failed: $*" >&2; "$@"; exit 1; }
 	for _ in $(seq "$RUNS"); do
-		/usr/bin/time -f "%e %M" -o "$W/t" "$@" >/dev/null 2>&1
+		/usr/bin/time -f "%e %M" -o "$W/t" bash -c '"$@"' bench "$@" >/dev/null 2>&1
 		cat "$W/t" >>"$W/$name.runs"
 	done
 	sort -n -k1 "$W/$name.runs" | awk -v n="$RUNS" 'NR==int((n+1)/2){print $1}' >"$W/$name.s"
@@ -54,7 +54,9 @@ $( [ "$fs" = squashfs ] && echo "    level: $LEVEL" )
 YAML
 done
 
+export W KILN TREE LEVEL
 kiln_build() { rm -rf "$W/out-$1"; SOURCE_DATE_EPOCH=1700000000 "$KILN" build -q "$W/$1.yaml" -o "$W/out-$1"; }
+export -f kiln_build
 timeit kiln-squashfs kiln_build squashfs
 sq_kiln_size=$(python3 -c "import json;print(json.load(open('$W/out-squashfs/manifest.json'))['partitions'][0]['filesystem_size'])")
 
@@ -65,6 +67,7 @@ tools_squashfs() {
 	size=$(( (size + 4095) / 4096 * 4096 )); truncate -s "$size" "$W/sq.img"
 	veritysetup format "$W/sq.img" "$W/sq.img" --hash-offset="$size" >/dev/null
 }
+export -f tools_squashfs
 timeit tools-squashfs tools_squashfs
 sq_tools_size=$(python3 -c "import os;print(os.path.getsize('$W/sq.img'))")
 sq_tools_fs=$(unsquashfs -s "$W/sq.img" | awk '/Filesystem size/{print $3; exit}')
@@ -78,6 +81,7 @@ tools_ext4() {
 	mkfs.ext4 -q -F -b 4096 -O ^has_journal -E root_owner=0:0 -d "$TREE" "$W/e.img" "$ext4_blocks"
 	veritysetup format "$W/e.img" "$W/e.img" --hash-offset=$(( ext4_blocks * 4096 )) >/dev/null
 }
+export ext4_blocks; export -f tools_ext4
 timeit tools-ext4 tools_ext4
 
 # --- offline verify vs sha256sum on the same disk image ----------------------
