@@ -2,11 +2,15 @@ package verity
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // chunkBytes is how much data one worker reads and hashes at a time.
@@ -83,7 +87,9 @@ func hashData(r io.ReaderAt, dataOffset int64, g *geometry, salt []byte,
 		n := min(per, g.dataBlocks-first)
 		buf := bufs[worker][:n*uint64(g.dataBS)]
 		off := dataOffset + int64(first)*g.dataBS
-		if err := readFull(r, buf, off); err != nil {
+		if isHole(r, off, int64(len(buf))) {
+			clear(buf) // a hole of a sparse file reads as zeros: skip the read
+		} else if err := readFull(r, buf, off); err != nil {
 			return fmt.Errorf("verity: reading data blocks %d-%d at byte 0x%x: %w", first, first+n-1, off, err)
 		}
 		for i := range n {
@@ -93,6 +99,21 @@ func hashData(r io.ReaderAt, dataOffset int64, g *geometry, salt []byte,
 		}
 		return nil
 	})
+}
+
+// isHole reports whether [off, off+n) of r is a hole of a sparse file (no
+// data: it reads as zeros). Anything but an *os.File, or a filesystem
+// without SEEK_DATA, is never a hole.
+func isHole(r io.ReaderAt, off, n int64) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return true // no data at or after off
+	}
+	return err == nil && data >= off+n
 }
 
 // hashBlocksChunk is how many in-memory hash blocks one worker takes at a time.
