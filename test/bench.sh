@@ -55,7 +55,14 @@ YAML
 done
 
 export W KILN TREE LEVEL
-kiln_build() { rm -rf "$W/out-$1"; SOURCE_DATE_EPOCH=1700000000 "$KILN" build -q "$W/$1.yaml" -o "$W/out-$1"; }
+# kiln_build FS: one build; records the fs + verity stage seconds too.
+kiln_build() {
+	rm -rf "$W/out-$1"
+	SOURCE_DATE_EPOCH=1700000000 "$KILN" build --json "$W/$1.yaml" -o "$W/out-$1" >"$W/$1.json"
+	python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sum(s['duration_ns'] for s in d['stages'] if s['name'].startswith(('filesystem','verity')))/1e9)" "$W/$1.json" >>"$W/$1.stages"
+}
+# stages FS: median fs + verity seconds of the counted runs.
+stages() { tail -n "$RUNS" "$W/$1.stages" | sort -n | awk -v n="$RUNS" 'NR==int((n+1)/2){printf "%.2f", $1}'; }
 export -f kiln_build
 timeit kiln-squashfs kiln_build squashfs
 sq_kiln_size=$(python3 -c "import json;print(json.load(open('$W/out-squashfs/manifest.json'))['partitions'][0]['filesystem_size'])")
@@ -98,10 +105,12 @@ Tree: \`$TREE\` ($((bytes / 1000000)) MB, $entries entries). Median of $RUNS run
 
 | stage | kiln | standard tools | ratio (kiln / tools) |
 |---|---|---|---|
-| USR squashfs zstd-$LEVEL + verity | $(s kiln-squashfs) s, $(mb kiln-squashfs) MiB | mksquashfs + veritysetup format: $(s tools-squashfs) s, $(mb tools-squashfs) MiB | time $(ratio "$(s kiln-squashfs)" "$(s tools-squashfs)") |
+| USR squashfs zstd-$LEVEL + verity (fs + verity stages) | $(stages squashfs) s | mksquashfs + veritysetup format: $(s tools-squashfs) s, $(mb tools-squashfs) MiB | time $(ratio "$(stages squashfs)" "$(s tools-squashfs)") |
+| … the whole kiln build (tree read, image, verity, partition SHA-256, manifest) | $(s kiln-squashfs) s, $(mb kiln-squashfs) MiB | | time $(ratio "$(s kiln-squashfs)" "$(s tools-squashfs)") |
 | squashfs image size | $sq_kiln_size B | $sq_tools_fs B | size $(ratio "$sq_kiln_size" "$sq_tools_fs") |
-| USR ext4 + verity | $(s kiln-ext4) s, $(mb kiln-ext4) MiB | mkfs.ext4 -d + veritysetup format: $(s tools-ext4) s | time $(ratio "$(s kiln-ext4)" "$(s tools-ext4)") |
+| USR ext4 + verity (fs + verity stages) | $(stages ext4) s | mkfs.ext4 -d + veritysetup format: $(s tools-ext4) s, $(mb tools-ext4) MiB | time $(ratio "$(stages ext4)" "$(s tools-ext4)") |
+| … the whole kiln build | $(s kiln-ext4) s, $(mb kiln-ext4) MiB | | time $(ratio "$(s kiln-ext4)" "$(s tools-ext4)") |
 | offline verify of the $((disk_size >> 20)) MiB demo disk.img | $(s kiln-verify) s, $(mb kiln-verify) MiB | sha256sum: $(s sha256sum) s | time $(ratio "$(s kiln-verify)" "$(s sha256sum)") |
 
-kiln's build times include reading the tree, the partition's SHA-256 for the manifest and writing the manifest; the tools' do not.
+The fs + verity rows compare like with like (kiln's own stage clock, from \`kiln build --json\`); the whole-build rows add what the tools do not do: reading the tree into memory, the SHA-256 of the whole 2 GiB partition for the manifest, and the manifest.
 MD
