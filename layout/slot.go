@@ -155,3 +155,35 @@ func (t *Table) Rollback() (*Entry, error) {
 	o.Attributes = os.Attributes(o.Attributes)
 	return o, nil
 }
+
+// MarkTrial makes slot e boot next, on trial: a priority above every other
+// slot's (the others step down if e would need more than 15), one try,
+// not yet successful. It is what an updated slot gets once it verified.
+func (t *Table) MarkTrial(e *Entry) error {
+	if e.Type != TypeCoreOSUsr {
+		return fmt.Errorf("layout: partition %s is not a USR slot", e.Name())
+	}
+	top := uint8(0)
+	for _, o := range t.Slots() {
+		if o != e {
+			top = max(top, o.Slot().Priority)
+		}
+	}
+	if top >= 15 {
+		for _, o := range t.Slots() {
+			if s := o.Slot(); o != e && s.Priority >= 15 {
+				s.Priority = 14
+				o.Attributes = s.Attributes(o.Attributes)
+			}
+		}
+		top = 14
+	}
+	e.Attributes = SlotState{Priority: top + 1, Tries: 1}.Attributes(e.Attributes)
+	return nil
+}
+
+// MarkUnbootable takes slot e out of the boot order (priority 0, no tries,
+// not successful), as a slot must be while it is being rewritten.
+func (t *Table) MarkUnbootable(e *Entry) {
+	e.Attributes = SlotState{}.Attributes(e.Attributes)
+}

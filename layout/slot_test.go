@@ -95,3 +95,33 @@ func TestMarkGoodAndRollback(t *testing.T) {
 		t.Fatalf("priorities %v %v", a.Slot(), e.Slot())
 	}
 }
+
+func TestMarkTrialAndUnbootable(t *testing.T) {
+	tb := slotTable(SlotState{1, 0, true}, SlotState{0, 0, false})
+	b, _ := tb.Lookup("USR-B")
+	if err := tb.MarkTrial(b); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.Slot(); s != (SlotState{2, 1, false}) {
+		t.Fatalf("USR-B on trial: %v", s)
+	}
+	if n, _, _ := tb.NextSlot(); n != b {
+		t.Fatalf("next is %v", n)
+	}
+	tb.MarkUnbootable(b)
+	if n, _, _ := tb.NextSlot(); n.Label != "USR-A" || b.Slot() != (SlotState{}) {
+		t.Fatalf("after unbootable: next %v, USR-B %v", n, b.Slot())
+	}
+	// At the ceiling the other slot steps down.
+	tb = slotTable(SlotState{15, 0, true}, SlotState{0, 0, false})
+	b, _ = tb.Lookup("USR-B")
+	tb.MarkTrial(b)
+	a, _ := tb.Lookup("USR-A")
+	if a.Slot().Priority != 14 || b.Slot().Priority != 15 {
+		t.Fatalf("A %v B %v", a.Slot(), b.Slot())
+	}
+	e, _ := tb.Lookup("EFI-SYSTEM")
+	if err := tb.MarkTrial(e); err == nil {
+		t.Fatal("a non-USR partition was marked")
+	}
+}

@@ -242,3 +242,60 @@ func checkVerity(f *os.File, off int64, p *manifest.Partition) error {
 	}
 	return nil
 }
+
+// UsrPartition returns the manifest's USR content: its first
+// verity-protected USR partition (USR-A in the built-in layouts).
+func UsrPartition(m *manifest.Manifest) *manifest.Partition {
+	for i := range m.Partitions {
+		if p := &m.Partitions[i]; p.Type == layout.TypeCoreOSUsr && p.Verity != nil {
+			return p
+		}
+	}
+	return nil
+}
+
+// Slot verifies that the A/B slot with the given label on the disk at path
+// holds exactly the USR content the signed manifest describes: same size,
+// same SHA-256, and a whole verity tree that matches the manifest's root
+// hash. It is what a slot must pass before it is marked bootable.
+func Slot(ctx context.Context, path, label string, o Options) (*Report, error) {
+	r := &Report{}
+	m := loadManifest(ctx, r, o)
+	if m == nil {
+		return r.finish(), nil
+	}
+	usr := UsrPartition(m)
+	if usr == nil {
+		r.add("manifest", errors.New("the manifest describes no verity-protected USR partition"), "")
+		return r.finish(), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	t, err := layout.ReadTable(f)
+	if err != nil {
+		r.add("gpt", err, "")
+		return r.finish(), nil
+	}
+	e, err := t.Lookup(label)
+	if err != nil {
+		r.add("slot", err, "")
+		return r.finish(), nil
+	}
+	if e.Type != layout.TypeCoreOSUsr {
+		r.add("slot", fmt.Errorf("partition %s is not a USR slot (type %s)", e.Name(), layout.TypeName(e.Type)), "")
+		return r.finish(), nil
+	}
+	if e.Size() != usr.Size {
+		r.add("slot", fmt.Errorf("slot %s is %d bytes, the manifest's %s is %d bytes", e.Label, e.Size(), usr.Label, usr.Size), "")
+		return r.finish(), nil
+	}
+	r.add("slot", nil, fmt.Sprintf("%s (partition %d) holds %s %s's %s", e.Label, e.Number, m.Name, m.Version, usr.Label))
+	// The slot's bytes are checked against the manifest's USR partition.
+	want := *usr
+	want.Label = e.Label
+	checkPartitions(ctx, r, f, m, []manifest.Partition{want}, func(*manifest.Partition) int64 { return e.Offset() }, o)
+	return r.finish(), nil
+}

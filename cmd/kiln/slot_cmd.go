@@ -6,7 +6,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kiln-os/kiln/build/verify"
 	"github.com/kiln-os/kiln/layout"
+	"github.com/kiln-os/kiln/sign"
 )
 
 func newSlotCommand(g *globals) *cobra.Command {
@@ -14,7 +16,7 @@ func newSlotCommand(g *globals) *cobra.Command {
 		Use:   "slot",
 		Short: "Show and change the A/B state of the USR slots",
 	}
-	c.AddCommand(newSlotStatusCommand(g), newSlotMarkGoodCommand(g), newSlotRollbackCommand(g))
+	c.AddCommand(newSlotStatusCommand(g), newSlotVerifyCommand(g), newSlotMarkBootableCommand(g), newSlotMarkGoodCommand(g), newSlotRollbackCommand(g))
 	return c
 }
 
@@ -142,5 +144,104 @@ func newSlotRollbackCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return changeSlots(g, args[0], (*layout.Table).Rollback, "boots next")
 		},
+	}
+}
+
+// slotVerifyFlags are the flags slot verify and slot mark-bootable share.
+type slotVerifyFlags struct {
+	manifest, key string
+}
+
+func (f *slotVerifyFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&f.manifest, "manifest", "", "the signed manifest of the release the slot should hold (required)")
+	c.Flags().StringVar(&f.key, "key", "", "public key of the manifest's signature (required)")
+}
+
+// verifySlot runs the slot verification and prints its report.
+func verifySlot(cmd *cobra.Command, g *globals, disk, label string, f *slotVerifyFlags) (*verify.Report, error) {
+	if f.manifest == "" || f.key == "" {
+		return nil, usageError(fmt.Errorf("--manifest and --key are required"))
+	}
+	v, err := sign.LoadVerifier(cmd.Context(), f.key)
+	if err != nil {
+		return nil, keyError(fmt.Errorf("--key %s: %w", f.key, err))
+	}
+	rep, err := verify.Slot(cmd.Context(), disk, label, verify.Options{Manifest: f.manifest, Verifier: v, KeyName: f.key})
+	if err != nil {
+		return nil, usageError(err)
+	}
+	if !g.json {
+		printReport(g, rep)
+	}
+	return rep, nil
+}
+
+func newSlotVerifyCommand(g *globals) *cobra.Command {
+	var f slotVerifyFlags
+	c := &cobra.Command{
+		Use:   "verify DISK SLOT --manifest MANIFEST --key PUBKEY",
+		Short: "Verify that a USR slot holds the release a signed manifest describes",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rep, err := verifySlot(cmd, g, args[0], args[1], &f)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if err := g.printJSON(rep); err != nil {
+					return err
+				}
+			}
+			if !rep.OK {
+				return failed(fmt.Errorf("%s: slot %s does not verify", args[0], args[1]))
+			}
+			return nil
+		},
+	}
+	f.add(c)
+	return c
+}
+
+func newSlotMarkBootableCommand(g *globals) *cobra.Command {
+	var f slotVerifyFlags
+	c := &cobra.Command{
+		Use:   "mark-bootable DISK SLOT --manifest MANIFEST --key PUBKEY",
+		Short: "Verify a USR slot, then make it boot next on trial (priority above the active slot, tries 1)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rep, err := verifySlot(cmd, g, args[0], args[1], &f)
+			if err != nil {
+				return err
+			}
+			if !rep.OK {
+				if g.json {
+					g.printJSON(rep)
+				}
+				return failed(fmt.Errorf("%s: slot %s does not verify; not marked bootable", args[0], args[1]))
+			}
+			return changeSlots(g, args[0], func(t *layout.Table) (*layout.Entry, error) {
+				e, err := t.Lookup(args[1])
+				if err != nil {
+					return nil, err
+				}
+				if next, _, err := t.NextSlot(); err == nil && next.Number == e.Number {
+					return nil, fmt.Errorf("%s is the slot that boots now; mark-bootable is for the other slot", e.Label)
+				}
+				return e, t.MarkTrial(e)
+			}, "marked bootable (on trial)")
+		},
+	}
+	f.add(c)
+	return c
+}
+
+// printReport prints a verification report, a line a check.
+func printReport(g *globals, rep *verify.Report) {
+	for _, c := range rep.Checks {
+		mark := "ok  "
+		if !c.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(g.env.Stdout, "%s %-16s %s\n", mark, c.Name, c.Detail)
 	}
 }

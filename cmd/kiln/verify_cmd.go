@@ -46,13 +46,7 @@ func newVerifyCommand(g *globals) *cobra.Command {
 					return err
 				}
 			} else {
-				for _, c := range rep.Checks {
-					mark := "ok  "
-					if !c.OK {
-						mark = "FAIL"
-					}
-					fmt.Fprintf(g.env.Stdout, "%s %-16s %s\n", mark, c.Name, c.Detail)
-				}
+				printReport(g, rep)
 			}
 			if !rep.OK {
 				return failed(fmt.Errorf("%s does not verify", args[0]))
