@@ -483,7 +483,7 @@ type DeltaArchiveManifest struct {
 	MinorVersion *uint32            `protobuf:"varint,12,opt,name=minor_version,json=minorVersion,def=0" json:"minor_version,omitempty"`
 	Partitions   []*PartitionUpdate `protobuf:"bytes,13,rep,name=partitions" json:"partitions,omitempty"`
 	// Newest build time (seconds since the epoch) allowed to install this
-	// payload; kiln sets it from SOURCE_DATE_EPOCH when given.
+	// payload. Read for completeness; kiln does not set it.
 	MaxTimestamp  *int64 `protobuf:"varint,14,opt,name=max_timestamp,json=maxTimestamp" json:"max_timestamp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

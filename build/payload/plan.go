@@ -1,0 +1,767 @@
+package payload
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path"
+	"runtime"
+	"sort"
+	"sync"
+
+	"github.com/kiln-os/kiln/build/blockmap"
+	"github.com/kiln-os/kiln/build/payload/bsdiff"
+)
+
+// Image is a partition image and, optionally, the block map of the
+// filesystem at its start.
+type Image struct {
+	R    io.ReaderAt
+	Size int64         // bytes; a multiple of BlockSize
+	Map  *blockmap.Map // nil: the planner matches blocks by hash only
+}
+
+// Config is what NewPlan needs.
+type Config struct {
+	Partition   string // default DefaultPartition
+	Old         *Image // the installed build; nil plans a full payload
+	New         Image  // the build to install
+	OldVersion  string // informational
+	NewVersion  string // release version of New, for anti-rollback (required)
+	Compression Compression
+	// Workers is how many operations are generated at once (default: all
+	// cores).
+	Workers int
+	// TempDir holds the spool of operation data while the plan lives
+	// (default: os.TempDir()).
+	TempDir string
+	// MaxDiffSize is the largest old or new input of one bsdiff (default
+	// DefaultMaxDiffSize); larger files are diffed in windows.
+	MaxDiffSize int64
+}
+
+// Planner limits.
+const (
+	// DefaultMaxDiffSize bounds one bsdiff input: its suffix array costs
+	// 4 bytes per old byte.
+	DefaultMaxDiffSize = 8 << 20
+	// replaceBlocks is the size of one compressed REPLACE operation (2 MiB,
+	// update_engine's full-payload chunk).
+	replaceBlocks = 512
+	// copyBlocks caps one SOURCE_COPY operation (Apply buffers it).
+	copyBlocks = 1024
+	// zeroBlocks caps one ZERO operation.
+	zeroBlocks = 32768
+	// memBudget bounds the bytes that concurrent operation generation holds.
+	memBudget = 384 << 20
+)
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.New.R == nil {
+		return errors.New("payload: config: no new image")
+	}
+	if err := validateImage("new", &c.New); err != nil {
+		return err
+	}
+	if c.Old != nil {
+		if c.Old.R == nil {
+			return errors.New("payload: config: old image has no reader")
+		}
+		if err := validateImage("old", c.Old); err != nil {
+			return err
+		}
+		if c.Old.Size/BlockSize > 1<<32-1 || c.New.Size/BlockSize > 1<<32-1 {
+			return errors.New("payload: config: image of 16 TiB or more")
+		}
+	}
+	if c.NewVersion == "" {
+		return errors.New("payload: config: NewVersion is required (it guards against rollback)")
+	}
+	if c.Compression > CompressionNone {
+		return fmt.Errorf("payload: config: unknown compression %v", c.Compression)
+	}
+	if c.Workers < 0 || c.MaxDiffSize < 0 {
+		return errors.New("payload: config: negative Workers or MaxDiffSize")
+	}
+	return nil
+}
+
+func validateImage(which string, img *Image) error {
+	if img.Size <= 0 || img.Size%BlockSize != 0 {
+		return fmt.Errorf("payload: config: %s image size %d is not a positive multiple of %d", which, img.Size, BlockSize)
+	}
+	if img.Map != nil {
+		if err := img.Map.Validate(); err != nil {
+			return fmt.Errorf("payload: config: %s block map: %w", which, err)
+		}
+		if img.Map.ImageSize > img.Size {
+			return fmt.Errorf("payload: config: %s block map covers %d bytes, image has %d", which, img.Map.ImageSize, img.Size)
+		}
+	}
+	return nil
+}
+
+// Plan is a payload's content: the partition's old and new identity and
+// the operations, in destination order, whose destination extents cover
+// the new partition exactly once. Operation data lives in a spool file
+// until Close.
+type Plan struct {
+	Partition    string
+	Version      string // new release version
+	OldVersion   string
+	MinorVersion uint32
+	Old          *PartitionInfo // nil for a full payload
+	New          PartitionInfo
+	Ops          []Op
+
+	spool *os.File
+}
+
+// Op is one planned operation.
+type Op struct {
+	Type     OpType
+	Src, Dst []Extent
+	// SrcLength and DstLength are the byte lengths of a SOURCE_BSDIFF's
+	// old and new input.
+	SrcLength, DstLength uint64
+	SrcHash              []byte // SHA-256 of the source blocks (SOURCE ops)
+	DataHash             []byte // SHA-256 of the data blob
+	DataLength           int64
+
+	spoolOff int64
+}
+
+// Data returns a reader of operation i's data blob.
+func (p *Plan) Data(i int) io.Reader {
+	op := &p.Ops[i]
+	return io.NewSectionReader(p.spool, op.spoolOff, op.DataLength)
+}
+
+// Close removes the plan's spool.
+func (p *Plan) Close() error {
+	if p.spool == nil {
+		return nil
+	}
+	name := p.spool.Name()
+	err := p.spool.Close()
+	p.spool = nil
+	if rerr := os.Remove(name); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// NewPlan plans a full payload (cfg.Old nil) or a delta from cfg.Old to
+// cfg.New. The result depends only on the images and the configuration,
+// never on timing: operations are generated on all cores and put back in
+// destination order.
+//
+// A delta is planned as update_engine plans one: blocks that are zero
+// become ZERO; blocks whose content exists in the old image become
+// SOURCE_COPY (a file's blocks are matched first against the same file in
+// the old map, then any block against any old block by SHA-256); the
+// remaining blocks of a file that exists in both maps (same path, or a
+// removed file of the same base name) become one SOURCE_BSDIFF against the
+// old file's blocks when the patch is smaller than compressing them; all
+// other blocks are compressed in 2 MiB runs, and runs outside files are
+// also tried as a bsdiff against the same blocks of the old image (the
+// filesystem metadata that moves little between builds).
+func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Partition == "" {
+		cfg.Partition = DefaultPartition
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.MaxDiffSize == 0 {
+		cfg.MaxDiffSize = DefaultMaxDiffSize
+	}
+	newH, err := hashImage(ctx, &cfg.New, cfg.Workers)
+	if err != nil {
+		return nil, fmt.Errorf("payload: hashing new image: %w", err)
+	}
+	p := &Plan{
+		Partition:    cfg.Partition,
+		Version:      cfg.NewVersion,
+		OldVersion:   cfg.OldVersion,
+		MinorVersion: FullMinorVersion,
+		New:          PartitionInfo{Size: cfg.New.Size, Hash: newH.sum},
+	}
+	var oldH *imageHashes
+	if cfg.Old != nil {
+		if oldH, err = hashImage(ctx, cfg.Old, cfg.Workers); err != nil {
+			return nil, fmt.Errorf("payload: hashing old image: %w", err)
+		}
+		p.MinorVersion = DeltaMinorVersion
+		p.Old = &PartitionInfo{Size: cfg.Old.Size, Hash: oldH.sum}
+	}
+	pl := planner{cfg: &cfg, newH: newH, oldH: oldH, nBlocks: uint32(cfg.New.Size / BlockSize)}
+	jobs := pl.classify()
+	if p.spool, err = os.CreateTemp(cfg.TempDir, "kiln-payload-*.spool"); err != nil {
+		return nil, fmt.Errorf("payload: spool: %w", err)
+	}
+	ops, err := pl.run(ctx, jobs, p.spool)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	more, err := pl.copyAndZeroOps()
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	ops = append(ops, more...)
+	sort.Slice(ops, func(i, j int) bool { return ops[i].Dst[0].Start < ops[j].Dst[0].Start })
+	if err := checkCoverage(ops, uint64(pl.nBlocks)); err != nil {
+		p.Close()
+		return nil, err
+	}
+	p.Ops = ops
+	// Minor versions below 6 read data_offset and data_length as 32 bits.
+	var data int64
+	for _, op := range ops {
+		data += op.DataLength
+	}
+	if p.MinorVersion != FullMinorVersion && data > math.MaxUint32 {
+		p.MinorVersion = 6
+	}
+	return p, nil
+}
+
+// imageHashes are an image's SHA-256 and its blocks' SHA-256s.
+type imageHashes struct {
+	sum    [32]byte
+	blocks [][32]byte
+	zero   []bool
+}
+
+var zeroBlock [BlockSize]byte
+
+func hashImage(ctx context.Context, img *Image, workers int) (*imageHashes, error) {
+	const chunk = 1 << 20
+	n := img.Size / BlockSize
+	h := &imageHashes{blocks: make([][32]byte, n), zero: make([]bool, n)}
+	type piece struct {
+		buf   []byte
+		block int64
+	}
+	pieces := make(chan piece, workers)
+	pool := sync.Pool{New: func() any { return make([]byte, chunk) }}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for pc := range pieces {
+				for i := 0; i*BlockSize < len(pc.buf); i++ {
+					b := pc.buf[i*BlockSize : (i+1)*BlockSize]
+					h.blocks[pc.block+int64(i)] = sha256.Sum256(b)
+					h.zero[pc.block+int64(i)] = bytes.Equal(b, zeroBlock[:])
+				}
+				pool.Put(pc.buf[:cap(pc.buf)])
+			}
+		}()
+	}
+	whole := sha256.New()
+	var err error
+	for off := int64(0); off < img.Size; off += chunk {
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		buf := pool.Get().([]byte)[:min(chunk, img.Size-off)]
+		if err = readAt(img.R, buf, off); err != nil {
+			err = fmt.Errorf("reading at %d: %w", off, err)
+			break
+		}
+		whole.Write(buf)
+		pieces <- piece{buf, off / BlockSize}
+	}
+	close(pieces)
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	whole.Sum(h.sum[:0])
+	return h, nil
+}
+
+const (
+	kindNone uint8 = iota
+	kindZero
+	kindCopy
+	kindJob // claimed by a diff or replace job
+)
+
+type planner struct {
+	cfg        *Config
+	newH, oldH *imageHashes
+	nBlocks    uint32
+	kind       []uint8
+	copySrc    []uint32
+}
+
+// job generates one operation: the new blocks dst, compressed, or diffed
+// against the old blocks src when that is smaller.
+type job struct {
+	dst, src []uint32
+}
+
+// fileBlocks lists the image blocks that hold a file's data, in file order.
+func fileBlocks(f *blockmap.File, nBlocks uint32) []uint32 {
+	var out []uint32
+	for _, e := range f.Extents {
+		if e.Length <= 0 {
+			continue
+		}
+		first, last := e.Offset/BlockSize, (e.Offset+e.Length-1)/BlockSize
+		for b := first; b <= last && b < int64(nBlocks); b++ {
+			if len(out) > 0 && out[len(out)-1] == uint32(b) {
+				continue
+			}
+			out = append(out, uint32(b))
+		}
+	}
+	return out
+}
+
+// classify marks zero and copied blocks and returns the jobs for the rest.
+func (pl *planner) classify() []job {
+	n := pl.nBlocks
+	pl.kind = make([]uint8, n)
+	pl.copySrc = make([]uint32, n)
+	var jobs []job
+	old := pl.cfg.Old
+	newMap := pl.cfg.New.Map
+	var oldBlocks uint32
+	if old != nil {
+		oldBlocks = uint32(old.Size / BlockSize)
+	}
+	inFile := make([]bool, n)
+	if newMap != nil {
+		for i := range newMap.Files {
+			for _, b := range fileBlocks(&newMap.Files[i], n) {
+				inFile[b] = true
+			}
+		}
+	}
+
+	if old != nil {
+		// (1) Zero blocks.
+		for b := uint32(0); b < n; b++ {
+			if pl.newH.zero[b] {
+				pl.kind[b] = kindZero
+			}
+		}
+		// (2) Files unchanged block by block, against the same old file.
+		var oldByPath map[string]*blockmap.File
+		var oldByBase map[string]*blockmap.File
+		if newMap != nil && old.Map != nil {
+			oldByPath = make(map[string]*blockmap.File, len(old.Map.Files))
+			for i := range old.Map.Files {
+				oldByPath[old.Map.Files[i].Path] = &old.Map.Files[i]
+			}
+			newPaths := make(map[string]bool, len(newMap.Files))
+			for _, f := range newMap.Files {
+				newPaths[f.Path] = true
+			}
+			// Removed files, by base name, when the base name is unique: the
+			// likely old self of a renamed file.
+			oldByBase = map[string]*blockmap.File{}
+			seen := map[string]int{}
+			for i := range old.Map.Files {
+				f := &old.Map.Files[i]
+				if newPaths[f.Path] {
+					continue
+				}
+				base := path.Base(f.Path)
+				seen[base]++
+				oldByBase[base] = f
+			}
+			for base, c := range seen {
+				if c > 1 {
+					delete(oldByBase, base)
+				}
+			}
+			for i := range newMap.Files {
+				f := &newMap.Files[i]
+				o := oldByPath[f.Path]
+				if o == nil {
+					continue
+				}
+				nb, ob := fileBlocks(f, n), fileBlocks(o, oldBlocks)
+				for j, b := range nb {
+					if j < len(ob) && pl.kind[b] == kindNone && pl.oldH.blocks[ob[j]] == pl.newH.blocks[b] {
+						pl.kind[b], pl.copySrc[b] = kindCopy, ob[j]
+					}
+				}
+			}
+		}
+		// (3) Any block whose content is somewhere in the old image.
+		index := make(map[[32]byte]uint32, oldBlocks)
+		for b := int64(oldBlocks) - 1; b >= 0; b-- {
+			if !pl.oldH.zero[b] {
+				index[pl.oldH.blocks[b]] = uint32(b)
+			}
+		}
+		for b := uint32(0); b < n; b++ {
+			if pl.kind[b] != kindNone {
+				continue
+			}
+			if b < oldBlocks && pl.oldH.blocks[b] == pl.newH.blocks[b] {
+				pl.kind[b], pl.copySrc[b] = kindCopy, b
+			} else if s, ok := index[pl.newH.blocks[b]]; ok {
+				pl.kind[b], pl.copySrc[b] = kindCopy, s
+			}
+		}
+		// (4) Changed and renamed files: diff what is left against the old file.
+		if oldByPath != nil {
+			for i := range newMap.Files {
+				f := &newMap.Files[i]
+				o := oldByPath[f.Path]
+				if o == nil {
+					o = oldByBase[path.Base(f.Path)]
+				}
+				if o == nil {
+					continue
+				}
+				ob := fileBlocks(o, oldBlocks)
+				if len(ob) == 0 {
+					continue
+				}
+				var rest []uint32
+				var idx []int
+				for j, b := range fileBlocks(f, n) {
+					if pl.kind[b] == kindNone {
+						pl.kind[b] = kindJob
+						rest = append(rest, b)
+						idx = append(idx, j)
+					}
+				}
+				jobs = append(jobs, pl.fileJobs(rest, idx, ob)...)
+			}
+		}
+	}
+
+	// (5) Everything else, in runs of consecutive blocks.
+	for b := uint32(0); b < n; {
+		if pl.kind[b] != kindNone {
+			b++
+			continue
+		}
+		start := b
+		for b < n && pl.kind[b] == kindNone && b-start < replaceBlocks && inFile[b] == inFile[start] {
+			pl.kind[b] = kindJob
+			b++
+		}
+		j := job{dst: blockRange(start, b)}
+		if old != nil && !inFile[start] {
+			j.src = pl.guessSource(start, b, oldBlocks)
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs
+}
+
+// guessSource picks old blocks to diff the new blocks [start, end)
+// against when no block map says where their old version is: the same
+// blocks of the old image (filesystem metadata moves little), and the old
+// blocks that follow the source of the copied block just before the run,
+// and precede the source of the copied block just after it (a changed
+// file usually sits between data that did not change, in both images).
+func (pl *planner) guessSource(start, end, oldBlocks uint32) []uint32 {
+	n := int64(end - start)
+	margin := n/4 + 16
+	limit := int(max(pl.cfg.MaxDiffSize/BlockSize, 2))
+	var src []uint32
+	seen := map[uint32]bool{}
+	add := func(lo, hi int64) {
+		lo, hi = max(lo, 0), min(hi, int64(oldBlocks))
+		for b := lo; b < hi && len(src) < limit; b++ {
+			if !seen[uint32(b)] {
+				seen[uint32(b)] = true
+				src = append(src, uint32(b))
+			}
+		}
+	}
+	add(int64(start), int64(end))
+	if start > 0 && pl.kind[start-1] == kindCopy {
+		o := int64(pl.copySrc[start-1]) + 1
+		add(o, o+n+margin)
+	}
+	if end < pl.nBlocks && pl.kind[end] == kindCopy {
+		o := int64(pl.copySrc[end])
+		add(o-n-margin, o)
+	}
+	if len(src) == 0 {
+		return nil
+	}
+	return src
+}
+
+func blockRange(start, end uint32) []uint32 {
+	r := make([]uint32, 0, end-start)
+	for b := start; b < end; b++ {
+		r = append(r, b)
+	}
+	return r
+}
+
+// fileJobs diffs a file's remaining new blocks (rest, at file block
+// indexes idx) against the old file's blocks ob: in one piece when both fit
+// MaxDiffSize, otherwise in windows that pair each part of the new file
+// with the same part of the old one, widened by a quarter on each side.
+func (pl *planner) fileJobs(rest []uint32, idx []int, ob []uint32) []job {
+	if len(rest) == 0 {
+		return nil
+	}
+	limit := int(max(pl.cfg.MaxDiffSize/BlockSize, 2))
+	if len(rest) <= limit && len(ob) <= limit {
+		return []job{{dst: rest, src: ob}}
+	}
+	piece := max(limit*2/3, 1)
+	margin := (limit - piece) / 2
+	var jobs []job
+	for i := 0; i < len(rest); i += piece {
+		j := min(i+piece, len(rest))
+		lo, hi := idx[i]-margin, idx[j-1]+1+margin
+		lo = max(lo, 0)
+		hi = min(hi, len(ob))
+		if hi-lo > limit {
+			hi = lo + limit
+		}
+		if lo >= hi { // the new file grew past the old one: diff against its tail
+			lo = max(len(ob)-limit, 0)
+			hi = len(ob)
+		}
+		jobs = append(jobs, job{dst: rest[i:j], src: ob[lo:hi]})
+	}
+	return jobs
+}
+
+// extents turns a block list into extents, merging consecutive blocks.
+func extents(blocks []uint32) []Extent {
+	var out []Extent
+	for _, b := range blocks {
+		if k := len(out) - 1; k >= 0 && out[k].Start+out[k].Blocks == uint64(b) {
+			out[k].Blocks++
+			continue
+		}
+		out = append(out, Extent{Start: uint64(b), Blocks: 1})
+	}
+	return out
+}
+
+// copyAndZeroOps turns runs of copied and zero blocks into operations.
+func (pl *planner) copyAndZeroOps() ([]Op, error) {
+	var ops []Op
+	for b := uint32(0); b < pl.nBlocks; {
+		k := pl.kind[b]
+		if k != kindCopy && k != kindZero {
+			b++
+			continue
+		}
+		start := b
+		limit := uint32(copyBlocks)
+		if k == kindZero {
+			limit = zeroBlocks
+		}
+		var src []uint32
+		for b < pl.nBlocks && pl.kind[b] == k && b-start < limit {
+			if k == kindCopy {
+				src = append(src, pl.copySrc[b])
+			}
+			b++
+		}
+		op := Op{Type: OpZero, Dst: []Extent{{Start: uint64(start), Blocks: uint64(b - start)}}}
+		if k == kindCopy {
+			op.Type = OpSourceCopy
+			op.Src = extents(src)
+			var err error
+			if op.SrcHash, err = pl.blockListHash(src); err != nil {
+				return nil, err
+			}
+		}
+		ops = append(ops, op)
+	}
+	return ops, nil
+}
+
+// blockListHash is the SHA-256 of the listed old blocks.
+func (pl *planner) blockListHash(src []uint32) ([]byte, error) {
+	h := sha256.New()
+	for i := 0; i < len(src); i += 256 {
+		data, err := readBlocks(pl.cfg.Old.R, src[i:min(i+256, len(src))])
+		if err != nil {
+			return nil, fmt.Errorf("payload: old image: %w", err)
+		}
+		h.Write(data)
+	}
+	return h.Sum(nil), nil
+}
+
+// readBlocks reads the listed blocks, coalescing consecutive ones.
+func readBlocks(r io.ReaderAt, blocks []uint32) ([]byte, error) {
+	out := make([]byte, len(blocks)*BlockSize)
+	pos := 0
+	for _, e := range extents(blocks) {
+		n := int(e.Blocks) * BlockSize
+		if err := readAt(r, out[pos:pos+n], int64(e.Start)*BlockSize); err != nil {
+			return nil, fmt.Errorf("reading blocks %d+%d: %w", e.Start, e.Blocks, err)
+		}
+		pos += n
+	}
+	return out, nil
+}
+
+// run generates the jobs' operations on cfg.Workers goroutines, within a
+// memory budget, and spools their data.
+func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, error) {
+	ops := make([]Op, len(jobs))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu      sync.Mutex
+		spoolAt int64
+		budget  = newBudget(memBudget)
+		next    = make(chan int)
+		wg      sync.WaitGroup
+	)
+	for w := 0; w < pl.cfg.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				j := jobs[i]
+				cost := int64(len(j.dst)) * BlockSize * 4
+				if j.src != nil {
+					cost += int64(len(j.src)) * BlockSize * 6
+				}
+				budget.acquire(cost)
+				op, data, err := pl.generate(j)
+				budget.release(cost)
+				if err == nil {
+					mu.Lock()
+					op.spoolOff = spoolAt
+					_, err = spool.WriteAt(data, spoolAt)
+					spoolAt += int64(len(data))
+					mu.Unlock()
+				}
+				if err != nil {
+					cancel(err)
+					continue
+				}
+				ops[i] = op
+			}
+		}()
+	}
+	for i := range jobs {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return ops, nil
+}
+
+// generate makes one job's operation and data blob.
+func (pl *planner) generate(j job) (Op, []byte, error) {
+	newData, err := readBlocks(pl.cfg.New.R, j.dst)
+	if err != nil {
+		return Op{}, nil, fmt.Errorf("payload: new image: %w", err)
+	}
+	typ, data, err := compress(newData, pl.cfg.Compression)
+	if err != nil {
+		return Op{}, nil, fmt.Errorf("payload: compressing blocks %d…: %w", j.dst[0], err)
+	}
+	op := Op{Type: typ, Dst: extents(j.dst)}
+	if j.src != nil {
+		oldData, err := readBlocks(pl.cfg.Old.R, j.src)
+		if err != nil {
+			return Op{}, nil, fmt.Errorf("payload: old image: %w", err)
+		}
+		patch, err := bsdiff.Diff(oldData, newData)
+		if err != nil {
+			return Op{}, nil, fmt.Errorf("payload: bsdiff of blocks %d…: %w", j.dst[0], err)
+		}
+		if len(patch) < len(data) {
+			sum := sha256.Sum256(oldData)
+			op = Op{Type: OpSourceBsdiff, Src: extents(j.src), Dst: op.Dst,
+				SrcLength: uint64(len(oldData)), DstLength: uint64(len(newData)), SrcHash: sum[:]}
+			data = patch
+		}
+	}
+	sum := sha256.Sum256(data)
+	op.DataHash, op.DataLength = sum[:], int64(len(data))
+	return op, data, nil
+}
+
+// checkCoverage makes sure the operations' destinations cover every block
+// of the new partition exactly once.
+func checkCoverage(ops []Op, n uint64) error {
+	seen := make([]bool, n)
+	for i, op := range ops {
+		for _, e := range op.Dst {
+			for b := e.Start; b < e.Start+e.Blocks; b++ {
+				if b >= n || seen[b] {
+					return fmt.Errorf("payload: internal error: operation %d writes block %d twice or outside the partition", i, b)
+				}
+				seen[b] = true
+			}
+		}
+		if op.Type.readsSource() && op.SrcHash == nil {
+			return fmt.Errorf("payload: internal error: operation %d has no source hash", i)
+		}
+	}
+	for b, ok := range seen {
+		if !ok {
+			return fmt.Errorf("payload: internal error: block %d is not written", b)
+		}
+	}
+	return nil
+}
+
+// budget is a weighted semaphore over bytes.
+type budget struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	free  int64
+	total int64
+}
+
+func newBudget(n int64) *budget {
+	b := &budget{free: n, total: n}
+	b.cond = sync.NewCond(&b.mu)
+	return b
+}
+
+func (b *budget) acquire(n int64) {
+	n = min(n, b.total)
+	b.mu.Lock()
+	for b.free < n {
+		b.cond.Wait()
+	}
+	b.free -= n
+	b.mu.Unlock()
+}
+
+func (b *budget) release(n int64) {
+	n = min(n, b.total)
+	b.mu.Lock()
+	b.free += n
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
