@@ -117,6 +117,16 @@ func TestOpenRejectsMalformed(t *testing.T) {
 		{"block size", rewrite(t, good, func(m *um.DeltaArchiveManifest) { m.BlockSize = proto.Uint32(512) }), -1},
 		{"no partitions", rewrite(t, good, func(m *um.DeltaArchiveManifest) { m.Partitions = nil }), -1},
 		{"bad new hash", rewrite(t, good, func(m *um.DeltaArchiveManifest) { m.Partitions[0].NewPartitionInfo.Hash = []byte{1} }), -1},
+		{"hash tree outside partition", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			setVerity(m.Partitions[0], 4, 5, 1<<40)
+		}), -1},
+		{"hash tree over the data", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			setVerity(m.Partitions[0], 8, 4, 1)
+		}), -1},
+		{"hash tree without root", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			setVerity(m.Partitions[0], 4, 5, 1)
+			m.Partitions[0].KilnVerityRootHash = nil
+		}), -1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -245,4 +255,13 @@ func FuzzOpen(f *testing.F) {
 		}
 		_, _ = Apply(context.Background(), p, src, &memImage{}, ApplyOptions{SkipSignature: true, Partition: part.Name})
 	})
+}
+
+// setVerity gives a partition hash-tree fields: data blocks [0, data), the
+// levels at block tree for n blocks.
+func setVerity(pu *um.PartitionUpdate, data, tree, n uint64) {
+	pu.HashTreeDataExtent = &um.Extent{StartBlock: proto.Uint64(0), NumBlocks: proto.Uint64(data)}
+	pu.HashTreeExtent = &um.Extent{StartBlock: proto.Uint64(tree), NumBlocks: proto.Uint64(n)}
+	pu.HashTreeAlgorithm = proto.String("sha256")
+	pu.KilnVerityRootHash = make([]byte, 32)
 }

@@ -31,6 +31,10 @@ type PartitionSummary struct {
 	NewHash   string    `json:"new_sha256"`
 	Ops       int       `json:"operations"`
 	OpsByType []OpStats `json:"operations_by_type"`
+	// OldVersion is a delta's source release; VerityRoot the new
+	// partition's dm-verity root hash (hex), when recorded.
+	OldVersion string `json:"old_version,omitempty"`
+	VerityRoot string `json:"verity_root_hash,omitempty"`
 }
 
 // OpStats counts the operations of one type.
@@ -70,7 +74,10 @@ func Inspect(ctx context.Context, p *Payload, v Verifier) Summary {
 		}
 	}
 	for _, part := range p.Partitions {
-		ps := PartitionSummary{Name: part.Name, Version: part.Version, NewSize: part.New.Size, NewHash: hex.EncodeToString(part.New.Hash[:]), Ops: len(part.Ops)}
+		ps := PartitionSummary{Name: part.Name, Version: part.Version, OldVersion: part.OldVersion, NewSize: part.New.Size, NewHash: hex.EncodeToString(part.New.Hash[:]), Ops: len(part.Ops)}
+		if part.Verity != nil {
+			ps.VerityRoot = hex.EncodeToString(part.Verity.RootHash)
+		}
 		if part.Old != nil {
 			ps.OldSize, ps.OldHash = part.Old.Size, hex.EncodeToString(part.Old.Hash[:])
 		}

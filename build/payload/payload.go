@@ -182,6 +182,18 @@ type PartitionInfo struct {
 // Signer signs the SHA-256 digest of a payload's metadata or contents. For
 // update_engine the key is RSA and the signature PKCS#1 v1.5 over the
 // SHA-256 DigestInfo (see [RSASigner]).
+// Verity describes the new partition's dm-verity hash tree (veritysetup's
+// format: the superblock block at HashOffset, then the levels). Apply
+// checks the written tree against RootHash.
+type Verity struct {
+	DataBlocks uint64 // 4 KiB data blocks from the partition's start
+	HashOffset int64  // byte offset of the superblock; a multiple of BlockSize
+	TreeBlocks uint64 // blocks of the levels, after the superblock block
+	Salt       []byte
+	RootHash   []byte // 32 bytes
+}
+
+// Signer signs payload digests.
 type Signer interface {
 	// Sign signs a 32-byte SHA-256 digest.
 	Sign(digest []byte) ([]byte, error)

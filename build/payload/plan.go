@@ -28,11 +28,14 @@ type Image struct {
 
 // Config is what NewPlan needs.
 type Config struct {
-	Partition   string // default DefaultPartition
-	Old         *Image // the installed build; nil plans a full payload
-	New         Image  // the build to install
-	OldVersion  string // informational
-	NewVersion  string // release version of New, for anti-rollback (required)
+	Partition  string // default DefaultPartition
+	Old        *Image // the installed build; nil plans a full payload
+	New        Image  // the build to install
+	OldVersion string // release version of Old, recorded in a delta for anti-rollback
+	NewVersion string // release version of New, for anti-rollback (required)
+	// Verity, when set, describes New's dm-verity tree; it is recorded so
+	// that Apply can check the tree it wrote.
+	Verity      *Verity
 	Compression Compression
 	// Workers is how many operations are generated at once (default: all
 	// cores).
@@ -115,6 +118,7 @@ type Plan struct {
 	Partition    string
 	Version      string // new release version
 	OldVersion   string
+	Verity       *Verity
 	MinorVersion uint32
 	Old          *PartitionInfo // nil for a full payload
 	New          PartitionInfo
@@ -193,6 +197,7 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 		Partition:    cfg.Partition,
 		Version:      cfg.NewVersion,
 		OldVersion:   cfg.OldVersion,
+		Verity:       cfg.Verity,
 		MinorVersion: FullMinorVersion,
 		New:          PartitionInfo{Size: cfg.New.Size, Hash: newH.sum},
 	}

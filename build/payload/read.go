@@ -39,9 +39,13 @@ type Payload struct {
 type Partition struct {
 	Name    string
 	Version string
-	Old     *PartitionInfo // nil in a full payload
-	New     PartitionInfo
-	Ops     []*um.InstallOperation
+	// OldVersion is a delta's source release version ("" when not recorded).
+	OldVersion string
+	// Verity is the new partition's hash tree, when recorded.
+	Verity *Verity
+	Old    *PartitionInfo // nil in a full payload
+	New    PartitionInfo
+	Ops    []*um.InstallOperation
 }
 
 // Full reports whether the payload is a full payload (minor version 0).
@@ -166,6 +170,12 @@ func (p *Payload) validate() error {
 			return formatErr(-1, "%s: delta payload without old_partition_info", where)
 		}
 		newBlocks := ni.GetSize() / BlockSize
+		part.OldVersion = pu.GetKilnOldVersion()
+		if v, err := verityOf(pu, newBlocks); err != nil {
+			return formatErr(-1, "%s: %v", where, err)
+		} else {
+			part.Verity = v
+		}
 		var dsts []Extent
 		for oi, op := range pu.Operations {
 			where := fmt.Sprintf("%s operation %d", where, oi)
@@ -390,4 +400,33 @@ func (p *Payload) Verify(ctx context.Context, v Verifier) error {
 		}
 	}
 	return nil
+}
+
+// verityOf reads and bounds-checks a partition's hash-tree fields: the data
+// extent starts at block 0, the tree follows the superblock block, both lie
+// inside the new partition and do not overlap.
+func verityOf(pu *um.PartitionUpdate, newBlocks uint64) (*Verity, error) {
+	d, h := pu.GetHashTreeDataExtent(), pu.GetHashTreeExtent()
+	if d == nil && h == nil && pu.KilnVerityRootHash == nil {
+		return nil, nil
+	}
+	if d == nil || h == nil || len(pu.GetKilnVerityRootHash()) != sha256.Size {
+		return nil, fmt.Errorf("incomplete hash tree fields (need both extents and a 32-byte root hash)")
+	}
+	if alg := pu.GetHashTreeAlgorithm(); alg != "sha256" {
+		return nil, fmt.Errorf("hash tree algorithm %q, only sha256", alg)
+	}
+	if len(pu.GetHashTreeSalt()) > 256 {
+		return nil, fmt.Errorf("hash tree salt of %d bytes", len(pu.GetHashTreeSalt()))
+	}
+	data, tree := d.GetNumBlocks(), h.GetNumBlocks()
+	if d.GetStartBlock() != 0 || data == 0 || data >= newBlocks {
+		return nil, fmt.Errorf("hash tree data extent [%d,+%d) must start at block 0 and end inside %d blocks", d.GetStartBlock(), data, newBlocks)
+	}
+	start := h.GetStartBlock()
+	if start < data+1 || start > newBlocks || tree == 0 || tree > newBlocks-start {
+		return nil, fmt.Errorf("hash tree extent [%d,+%d) must follow the data and its superblock block inside %d blocks", start, tree, newBlocks)
+	}
+	return &Verity{DataBlocks: data, HashOffset: int64(start-1) * BlockSize, TreeBlocks: tree,
+		Salt: pu.GetHashTreeSalt(), RootHash: pu.GetKilnVerityRootHash()}, nil
 }

@@ -103,6 +103,16 @@ func manifestOf(plan *Plan) (*um.DeltaArchiveManifest, int64) {
 	}
 	if plan.Old != nil {
 		pu.OldPartitionInfo = &um.PartitionInfo{Size: proto.Uint64(uint64(plan.Old.Size)), Hash: plan.Old.Hash[:]}
+		if plan.OldVersion != "" {
+			pu.KilnOldVersion = proto.String(plan.OldVersion)
+		}
+	}
+	if v := plan.Verity; v != nil {
+		pu.HashTreeDataExtent = &um.Extent{StartBlock: proto.Uint64(0), NumBlocks: proto.Uint64(v.DataBlocks)}
+		pu.HashTreeExtent = &um.Extent{StartBlock: proto.Uint64(uint64(v.HashOffset/BlockSize) + 1), NumBlocks: proto.Uint64(v.TreeBlocks)}
+		pu.HashTreeAlgorithm = proto.String("sha256")
+		pu.HashTreeSalt = v.Salt
+		pu.KilnVerityRootHash = v.RootHash
 	}
 	var off int64
 	for _, op := range plan.Ops {

@@ -400,11 +400,24 @@ type PartitionUpdate struct {
 	OldPartitionInfo *PartitionInfo         `protobuf:"bytes,6,opt,name=old_partition_info,json=oldPartitionInfo" json:"old_partition_info,omitempty"`
 	NewPartitionInfo *PartitionInfo         `protobuf:"bytes,7,opt,name=new_partition_info,json=newPartitionInfo" json:"new_partition_info,omitempty"`
 	Operations       []*InstallOperation    `protobuf:"bytes,8,rep,name=operations" json:"operations,omitempty"`
+	// The new partition's dm-verity hash tree, upstream's fields: the data it
+	// covers, where the tree's levels lie (after veritysetup's superblock
+	// block), the hash and the salt.
+	HashTreeDataExtent *Extent `protobuf:"bytes,10,opt,name=hash_tree_data_extent,json=hashTreeDataExtent" json:"hash_tree_data_extent,omitempty"`
+	HashTreeExtent     *Extent `protobuf:"bytes,11,opt,name=hash_tree_extent,json=hashTreeExtent" json:"hash_tree_extent,omitempty"`
+	HashTreeAlgorithm  *string `protobuf:"bytes,12,opt,name=hash_tree_algorithm,json=hashTreeAlgorithm" json:"hash_tree_algorithm,omitempty"`
+	HashTreeSalt       []byte  `protobuf:"bytes,13,opt,name=hash_tree_salt,json=hashTreeSalt" json:"hash_tree_salt,omitempty"`
 	// Per-partition version for downgrade detection; kiln stores the release
 	// version of the new build here.
-	Version       *string `protobuf:"bytes,17,opt,name=version" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version *string `protobuf:"bytes,17,opt,name=version" json:"version,omitempty"`
+	// kiln's own fields, numbered far above upstream's (other readers skip
+	// them): the new partition's dm-verity root hash, which apply checks the
+	// written tree against, and a delta's source release version, which
+	// anti-rollback compares with the new one.
+	KilnVerityRootHash []byte  `protobuf:"bytes,1000,opt,name=kiln_verity_root_hash,json=kilnVerityRootHash" json:"kiln_verity_root_hash,omitempty"`
+	KilnOldVersion     *string `protobuf:"bytes,1001,opt,name=kiln_old_version,json=kilnOldVersion" json:"kiln_old_version,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *PartitionUpdate) Reset() {
@@ -465,9 +478,51 @@ func (x *PartitionUpdate) GetOperations() []*InstallOperation {
 	return nil
 }
 
+func (x *PartitionUpdate) GetHashTreeDataExtent() *Extent {
+	if x != nil {
+		return x.HashTreeDataExtent
+	}
+	return nil
+}
+
+func (x *PartitionUpdate) GetHashTreeExtent() *Extent {
+	if x != nil {
+		return x.HashTreeExtent
+	}
+	return nil
+}
+
+func (x *PartitionUpdate) GetHashTreeAlgorithm() string {
+	if x != nil && x.HashTreeAlgorithm != nil {
+		return *x.HashTreeAlgorithm
+	}
+	return ""
+}
+
+func (x *PartitionUpdate) GetHashTreeSalt() []byte {
+	if x != nil {
+		return x.HashTreeSalt
+	}
+	return nil
+}
+
 func (x *PartitionUpdate) GetVersion() string {
 	if x != nil && x.Version != nil {
 		return *x.Version
+	}
+	return ""
+}
+
+func (x *PartitionUpdate) GetKilnVerityRootHash() []byte {
+	if x != nil {
+		return x.KilnVerityRootHash
+	}
+	return nil
+}
+
+func (x *PartitionUpdate) GetKilnOldVersion() string {
+	if x != nil && x.KilnOldVersion != nil {
+		return *x.KilnOldVersion
 	}
 	return ""
 }
@@ -685,15 +740,22 @@ const file_update_metadata_proto_rawDesc = "" +
 	"\bZUCCHINI\x10\v\x12\x12\n" +
 	"\x0eLZ4DIFF_BSDIFF\x10\f\x12\x14\n" +
 	"\x10LZ4DIFF_PUFFDIFF\x10\r\x12\b\n" +
-	"\x04ZSTD\x10\x0e\"\xbd\x02\n" +
+	"\x04ZSTD\x10\x0e\"\x89\x05\n" +
 	"\x0fPartitionUpdate\x12%\n" +
 	"\x0epartition_name\x18\x01 \x01(\tR\rpartitionName\x12P\n" +
 	"\x12old_partition_info\x18\x06 \x01(\v2\".kiln.updatemetadata.PartitionInfoR\x10oldPartitionInfo\x12P\n" +
 	"\x12new_partition_info\x18\a \x01(\v2\".kiln.updatemetadata.PartitionInfoR\x10newPartitionInfo\x12E\n" +
 	"\n" +
 	"operations\x18\b \x03(\v2%.kiln.updatemetadata.InstallOperationR\n" +
-	"operations\x12\x18\n" +
-	"\aversion\x18\x11 \x01(\tR\aversion\"\xa4\x02\n" +
+	"operations\x12N\n" +
+	"\x15hash_tree_data_extent\x18\n" +
+	" \x01(\v2\x1b.kiln.updatemetadata.ExtentR\x12hashTreeDataExtent\x12E\n" +
+	"\x10hash_tree_extent\x18\v \x01(\v2\x1b.kiln.updatemetadata.ExtentR\x0ehashTreeExtent\x12.\n" +
+	"\x13hash_tree_algorithm\x18\f \x01(\tR\x11hashTreeAlgorithm\x12$\n" +
+	"\x0ehash_tree_salt\x18\r \x01(\fR\fhashTreeSalt\x12\x18\n" +
+	"\aversion\x18\x11 \x01(\tR\aversion\x122\n" +
+	"\x15kiln_verity_root_hash\x18\xe8\a \x01(\fR\x12kilnVerityRootHash\x12)\n" +
+	"\x10kiln_old_version\x18\xe9\a \x01(\tR\x0ekilnOldVersion\"\xa4\x02\n" +
 	"\x14DeltaArchiveManifest\x12#\n" +
 	"\n" +
 	"block_size\x18\x03 \x01(\r:\x044096R\tblockSize\x12+\n" +
@@ -730,19 +792,21 @@ var file_update_metadata_proto_goTypes = []any{
 	(*Signatures_Signature)(nil), // 7: kiln.updatemetadata.Signatures.Signature
 }
 var file_update_metadata_proto_depIdxs = []int32{
-	7, // 0: kiln.updatemetadata.Signatures.signatures:type_name -> kiln.updatemetadata.Signatures.Signature
-	0, // 1: kiln.updatemetadata.InstallOperation.type:type_name -> kiln.updatemetadata.InstallOperation.Type
-	1, // 2: kiln.updatemetadata.InstallOperation.src_extents:type_name -> kiln.updatemetadata.Extent
-	1, // 3: kiln.updatemetadata.InstallOperation.dst_extents:type_name -> kiln.updatemetadata.Extent
-	3, // 4: kiln.updatemetadata.PartitionUpdate.old_partition_info:type_name -> kiln.updatemetadata.PartitionInfo
-	3, // 5: kiln.updatemetadata.PartitionUpdate.new_partition_info:type_name -> kiln.updatemetadata.PartitionInfo
-	4, // 6: kiln.updatemetadata.PartitionUpdate.operations:type_name -> kiln.updatemetadata.InstallOperation
-	5, // 7: kiln.updatemetadata.DeltaArchiveManifest.partitions:type_name -> kiln.updatemetadata.PartitionUpdate
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	7,  // 0: kiln.updatemetadata.Signatures.signatures:type_name -> kiln.updatemetadata.Signatures.Signature
+	0,  // 1: kiln.updatemetadata.InstallOperation.type:type_name -> kiln.updatemetadata.InstallOperation.Type
+	1,  // 2: kiln.updatemetadata.InstallOperation.src_extents:type_name -> kiln.updatemetadata.Extent
+	1,  // 3: kiln.updatemetadata.InstallOperation.dst_extents:type_name -> kiln.updatemetadata.Extent
+	3,  // 4: kiln.updatemetadata.PartitionUpdate.old_partition_info:type_name -> kiln.updatemetadata.PartitionInfo
+	3,  // 5: kiln.updatemetadata.PartitionUpdate.new_partition_info:type_name -> kiln.updatemetadata.PartitionInfo
+	4,  // 6: kiln.updatemetadata.PartitionUpdate.operations:type_name -> kiln.updatemetadata.InstallOperation
+	1,  // 7: kiln.updatemetadata.PartitionUpdate.hash_tree_data_extent:type_name -> kiln.updatemetadata.Extent
+	1,  // 8: kiln.updatemetadata.PartitionUpdate.hash_tree_extent:type_name -> kiln.updatemetadata.Extent
+	5,  // 9: kiln.updatemetadata.DeltaArchiveManifest.partitions:type_name -> kiln.updatemetadata.PartitionUpdate
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_update_metadata_proto_init() }
