@@ -234,8 +234,8 @@ func TestVerityAndVersionsRoundTrip(t *testing.T) {
 	newImg, newMap := buildImage(newFiles, 8<<20, 2)
 	v := &Verity{DataBlocks: 1500, HashOffset: 1600 * BlockSize, TreeBlocks: 13, Salt: []byte("salt"), RootHash: bytes.Repeat([]byte{7}, 32)}
 	plan := mustPlan(t, Config{
-		Old: &Image{R: bytes.NewReader(oldImg), Size: int64(len(oldImg)), Map: oldMap},
-		New: Image{R: bytes.NewReader(newImg), Size: int64(len(newImg)), Map: newMap},
+		Old:        &Image{R: bytes.NewReader(oldImg), Size: int64(len(oldImg)), Map: oldMap},
+		New:        Image{R: bytes.NewReader(newImg), Size: int64(len(newImg)), Map: newMap},
 		OldVersion: "1.0.0", NewVersion: "1.1.0", Verity: v,
 	})
 	defer plan.Close()
