@@ -7,7 +7,8 @@ OUT     ?= out
 # Debian tools the tests run, as "command:package".
 TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          e2fsck:e2fsprogs debugfs:e2fsprogs unsquashfs:squashfs-tools mksquashfs:squashfs-tools \
-         veritysetup:cryptsetup-bin openssl:openssl umoci:umoci tar:tar
+         veritysetup:cryptsetup-bin openssl:openssl umoci:umoci tar:tar \
+         bsdiff:bsdiff bspatch:bsdiff bzip2:bzip2
 
 .PHONY: build demo test deps bench clean
 
