@@ -105,6 +105,59 @@ disk_size=$(stat -c %s "$W/demo/disk.img")
 timeit kiln-verify "$KILN" verify "$W/demo/disk.img" --key "$W/k.pub"
 timeit sha256sum sha256sum "$W/demo/disk.img"
 
+# --- delta payloads: two releases of the tree -------------------------------
+# Release 2 edits every 10th .go file, deletes every 25th file, renames
+# every 40th and adds a directory of new files.
+mkdir -p "$W/d/v1" "$W/d/v2"
+cp -a "$TREE/." "$W/d/v1/"
+cp -a "$TREE/." "$W/d/v2/"
+touch "$W/d/marker"; sleep 1
+(cd "$W/d/v2" && find . -type f -name '*.go' | sort | awk 'NR%10==0' | while read -r f; do printf '\n// release 2\n' >>"$f"; done
+ find . -type f | sort | awk 'NR%25==0' | xargs -r rm -f
+ find . -type f | sort | awk 'NR%40==0' | while read -r f; do mv "$f" "$f.renamed"; done
+ mkdir -p added && find "$TREE/src/crypto" -type f | head -200 | while read -r f; do cp "$f" "added/$(echo "$f" | tr / _)"; done)
+cat >"$W/d/layout.yaml" <<YAML
+name: delta-bench
+partitions:
+  - {number: 3, label: USR-A, type: coreos-usr, size: 512MiB, filesystem: ext4, verity: true, slot: {priority: 1, successful: true}}
+  - {number: 4, label: USR-B, type: coreos-usr, size: 512MiB}
+YAML
+for v in 1 2; do
+cat >"$W/d/r$v.yaml" <<YAML
+name: delta-bench
+version: 1.$v.0
+layout: layout.yaml
+partitions:
+  USR-A:
+    source: dir:v$v
+YAML
+SOURCE_DATE_EPOCH=1700000000 "$KILN" build -q "$W/d/r$v.yaml" -o "$W/d/out$v" >/dev/null
+done
+"$KILN" keygen --type rsa-3072 -o "$W/d/rk" >/dev/null
+OLD=$W/d/out1/usr.img NEW=$W/d/out2/usr.img
+export OLD NEW
+kiln_delta() { "$KILN" payload generate --from "$W/d/out1" --to "$W/d/out2" -o "$W/d/delta.payload" --key "$W/d/rk.key"; }
+zstd_delta() { zstd -q -f -19 --long=31 --patch-from="$OLD" "$NEW" -o "$W/d/delta.zst"; }
+xdelta_delta() { xdelta3 -f -9 -e -s "$OLD" "$NEW" "$W/d/delta.xd3"; }
+export -f kiln_delta zstd_delta xdelta_delta
+RUNS_SAVED=$RUNS; RUNS=1
+timeit kiln-delta kiln_delta
+timeit zstd-delta zstd_delta
+timeit xdelta-delta xdelta_delta
+bsdiff_state="timed out after 300 s"
+if timeout 300 bsdiff "$OLD" "$NEW" "$W/d/delta.bsdiff" 2>/dev/null; then bsdiff_state="$(stat -c %s "$W/d/delta.bsdiff") B"; fi
+# The floor: the changed and added files alone, tar | xz -9.
+(cd "$W/d/v2" && find . -type f -newer "$W/d/marker" -print0 | tar --null -cf - -T - 2>/dev/null | xz -9 -T1 >"$W/d/floor.tar.xz")
+# Apply: kiln into the passive slot of release 1's disk, vs dd of the
+# whole partition.
+kiln_apply() { cp --sparse=always "$W/d/out1/disk.img" "$W/d/apply.img"; "$KILN" payload apply "$W/d/delta.payload" --disk "$W/d/apply.img" --key "$W/d/rk.pub"; }
+dd_apply() { cp --sparse=always "$W/d/out1/disk.img" "$W/d/apply.img"; dd if="$NEW" of="$W/d/apply.img" bs=4M seek=1 oflag=seek_bytes conv=notrunc status=none; }
+export -f kiln_apply dd_apply
+RUNS=$RUNS_SAVED
+timeit kiln-apply kiln_apply
+timeit dd-apply dd_apply
+size() { stat -c %s "$1"; }
+
 cat <<MD
 ### make bench — $(date -u +%Y-%m-%d), $(nproc) cores, kiln $("$KILN" version)
 
@@ -118,6 +171,17 @@ Tree: \`$TREE\` ($((bytes / 1000000)) MB, $entries entries). Median of $RUNS run
 | USR ext4 + verity (fs + verity stages) | $(stages ext4) s | mkfs.ext4 -d + veritysetup format: $(s tools-ext4) s, $(mb tools-ext4) MiB | time $(ratio "$(stages ext4)" "$(s tools-ext4)") |
 | … the whole kiln build | $(s kiln-ext4) s, $(mb kiln-ext4) MiB | the same + sha256sum of the 2 GiB partition image: $(s tools-ext4-sum) s | time $(ratio "$(s kiln-ext4)" "$(s tools-ext4-sum)") (vs the pair alone: $(ratio "$(s kiln-ext4)" "$(s tools-ext4)")) |
 | offline verify of the $((disk_size >> 20)) MiB demo disk.img | $(s kiln-verify) s ($(mbps "$disk_size" "$(s kiln-verify)") MB/s), $(mb kiln-verify) MiB | sha256sum: $(s sha256sum) s ($(mbps "$disk_size" "$(s sha256sum)") MB/s) | time $(ratio "$(s kiln-verify)" "$(s sha256sum)") |
+
+Delta payloads between two releases of that tree (release 2: every 10th .go file edited, every 25th file deleted, every 40th renamed, 200 files added; ext4 USR in a 512 MiB slot):
+
+| | size | time | peak RSS |
+|---|---|---|---|
+| kiln payload generate (delta, signed) | $(size "$W/d/delta.payload") B | $(s kiln-delta) s | $(mb kiln-delta) MiB |
+| zstd -19 --long=31 --patch-from | $(size "$W/d/delta.zst") B | $(s zstd-delta) s | $(mb zstd-delta) MiB |
+| xdelta3 -9 | $(size "$W/d/delta.xd3") B | $(s xdelta-delta) s | $(mb xdelta-delta) MiB |
+| bsdiff (whole image) | $bsdiff_state | | |
+| floor: changed + added files, tar \| xz -9 | $(size "$W/d/floor.tar.xz") B | | |
+| kiln payload apply (verify, write, sha256, verity) vs dd of the partition | | $(s kiln-apply) s vs $(s dd-apply) s: ratio $(ratio "$(s kiln-apply)" "$(s dd-apply)") | $(mb kiln-apply) MiB |
 
 The fs + verity rows compare like with like (kiln's own stage clock, from \`kiln build --json\`); the whole-build rows compare the whole kiln build with the tools doing the same work, a partition checksum included (kiln's manifest holds the SHA-256 of the whole 2 GiB partition).
 MD
