@@ -36,8 +36,18 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Parsers of untrusted input, fuzzed briefly on every run (seeded from
+# what kiln's writers produce).
+FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity:FuzzReadSuperblock \
+        ./layout:FuzzReadTable ./sign:FuzzVerify
+FUZZTIME ?= 8s
+
 test: deps
 	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 ./...
+	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f#*:}; \
+	  echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
+	  $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/kiln-fuzz.log 2>&1 || { cat /tmp/kiln-fuzz.log; exit 1; }; tail -n 1 /tmp/kiln-fuzz.log; \
+	done
 
 clean:
 	rm -rf bin $(OUT)

@@ -69,8 +69,8 @@ type StageTime struct {
 	Bytes    int64         `json:"bytes"`
 }
 
-// usrLabel is the partition whose image is written out alone as usr.img:
-// the first verity-protected partition of the recipe (USR-A).
+// usrSpec returns the partition whose image is written out alone as
+// usr.img: the recipe's first verity-protected partition (USR-A).
 func usrSpec(r *Recipe) *PartitionSpec {
 	for _, p := range r.Partitions {
 		if p.Verity {

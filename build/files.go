@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-os/kiln/internal/hashing"
 )
 
 // statRegular returns the size of a regular host file.
@@ -58,28 +60,12 @@ func (b *boundedWriter) ReadAt(p []byte, off int64) (int, error) {
 // copySparse copies size bytes of src (from 0) to dst at dstOff, skipping
 // holes, so a mostly empty partition image stays sparse in the disk.
 func copySparse(dst *os.File, dstOff int64, src *os.File, size int64) error {
-	fd := int(src.Fd())
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if err != nil {
-			if errors.Is(err, unix.ENXIO) {
-				return nil // only a hole is left
-			}
-			return copyRange(dst, dstOff+off, src, off, size-off)
-		}
-		if data >= size {
+	return hashing.Extents(src, 0, size, func(off, n int64, hole bool) error {
+		if hole {
 			return nil
 		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil || hole > size {
-			hole = size
-		}
-		if err := copyRange(dst, dstOff+data, src, data, hole-data); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return nil
+		return copyRange(dst, dstOff+off, src, off, n)
+	})
 }
 
 // copyRange copies n bytes, in the kernel when it can.

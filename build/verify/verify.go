@@ -89,15 +89,11 @@ func Disk(ctx context.Context, path string, o Options) (*Report, error) {
 	if m == nil {
 		return r.finish(), nil
 	}
-	f, err := os.Open(path)
+	f, size, err := openSized(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, err
-	}
 	if size != m.DiskSize {
 		r.add("disk size", fmt.Errorf("%s is %d bytes, the manifest's image is %d bytes", path, size, m.DiskSize), "")
 		return r.finish(), nil
@@ -134,15 +130,11 @@ func Partition(ctx context.Context, path, label string, o Options) (*Report, err
 		r.add("partition", fmt.Errorf("the manifest has no partition %q", label), "")
 		return r.finish(), nil
 	}
-	f, err := os.Open(path)
+	f, size, err := openSized(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, err
-	}
 	if size != p.Size {
 		r.add("size "+label, fmt.Errorf("%s is %d bytes, partition %s is %d bytes", path, size, label, p.Size), "")
 		return r.finish(), nil
@@ -150,6 +142,20 @@ func Partition(ctx context.Context, path, label string, o Options) (*Report, err
 	r.add("size "+label, nil, fmt.Sprintf("%d bytes", size))
 	checkPartitions(ctx, r, f, m, []manifest.Partition{*p}, func(*manifest.Partition) int64 { return 0 }, o)
 	return r.finish(), nil
+}
+
+// openSized opens an image file or block device and returns its size.
+func openSized(path string) (*os.File, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, size, nil
 }
 
 // checkGPT compares the table with the manifest, entry by entry.
