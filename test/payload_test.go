@@ -241,7 +241,7 @@ func TestPayloadRefusals(t *testing.T) {
 	copyFile(t, disk, pristine)
 	trunc := filepath.Join(dir, "trunc.payload")
 	b, _ := os.ReadFile(delta)
-	os.WriteFile(trunc, b[:len(b)/2], 0o644)
+	os.WriteFile(trunc, b[:len(b)-200], 0o644) // into the signatures
 	garbled := filepath.Join(dir, "garbled.payload")
 	g := append([]byte(nil), b...)
 	g[len(g)-300] ^= 0xff // inside the data or signature
@@ -252,7 +252,7 @@ func TestPayloadRefusals(t *testing.T) {
 		name, payload, key, want string
 	}{
 		{"wrong key", delta, filepath.Join(dir, "other.pub"), "signature does not verify (metadata)"},
-		{"truncated", trunc, key + ".pub", "run past the end of the file"},
+		{"truncated", trunc, key + ".pub", "does not fill the 195 bytes after the data"},
 		{"garbled", garbled, key + ".pub", "signature does not verify (payload)"},
 		{"wrong magic", magic, key + ".pub", "magic"},
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-os/kiln/build/payload/bsdiff"
 	um "github.com/kiln-os/kiln/build/payload/updatemetadata"
+	"github.com/kiln-os/kiln/build/verity"
 )
 
 // ApplyOptions tune Apply.
@@ -112,6 +113,14 @@ func Apply(ctx context.Context, p *Payload, src io.ReaderAt, dst Target, opts Ap
 		}
 	}
 	res.BytesWritten = a.written
+	// The verity tree's levels are not in the payload: compute them from
+	// the data just written, with the superblock the payload wrote, and
+	// check the root before the whole-partition hash.
+	if v := part.Verity; v != nil {
+		if err := writeVerityTree(dst, v); err != nil {
+			return res, fmt.Errorf("payload: partition %s: %w", part.Name, err)
+		}
+	}
 	h := sha256.New()
 	if _, err := io.CopyBuffer(h, io.NewSectionReader(dst, 0, part.New.Size), a.buf); err != nil {
 		return res, fmt.Errorf("payload: reading back the written partition: %w", err)
@@ -283,6 +292,33 @@ func (w *extentWriter) zeroRest(buf []byte) error {
 		if _, err := w.Write(buf[:min(int64(len(buf)), room)]); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// ErrVerityRoot is returned when the tree computed from the written data
+// does not have the payload's root hash.
+var ErrVerityRoot = errors.New("payload: verity root hash mismatch")
+
+// writeVerityTree computes the dm-verity tree of the written data and writes it
+// after the superblock the payload's operations wrote.
+func writeVerityTree(dst Target, v *Verity) error {
+	sb, err := verity.ReadSuperblock(dst, v.HashOffset)
+	if err != nil {
+		return fmt.Errorf("verity superblock written by the payload: %w", err)
+	}
+	if sb.DataBlocks != v.DataBlocks || !bytes.Equal(sb.Salt, v.Salt) || sb.DataBlockSize != BlockSize || sb.HashBlockSize != BlockSize {
+		return fmt.Errorf("verity superblock (%d blocks of %d bytes) differs from the payload's hash tree fields (%d blocks)", sb.DataBlocks, sb.DataBlockSize, v.DataBlocks)
+	}
+	if n := uint64(verity.HashTreeSize(v.DataBlocks)/BlockSize) - 1; n != v.TreeBlocks {
+		return fmt.Errorf("verity tree of %d data blocks has %d blocks, the payload says %d", v.DataBlocks, n, v.TreeBlocks)
+	}
+	root, err := verity.Format(dst, 0, v.HashOffset, verity.Params{DataBlocks: v.DataBlocks, Salt: sb.Salt, UUID: sb.UUID})
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(root, v.RootHash) {
+		return fmt.Errorf("%w: computed %x, the payload says %x", ErrVerityRoot, root, v.RootHash)
 	}
 	return nil
 }

@@ -64,6 +64,17 @@ const (
 	memBudget = 384 << 20
 )
 
+// treeBlocks returns the block range of the verity tree's levels (after
+// the superblock block), which the payload does not carry.
+func (c *Config) treeBlocks() (lo, hi uint32, ok bool) {
+	v := c.Verity
+	if v == nil {
+		return 0, 0, false
+	}
+	lo = uint32(v.HashOffset/BlockSize) + 1
+	return lo, lo + uint32(v.TreeBlocks), true
+}
+
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	if c.New.R == nil {
@@ -71,6 +82,13 @@ func (c *Config) Validate() error {
 	}
 	if err := validateImage("new", &c.New); err != nil {
 		return err
+	}
+	if v := c.Verity; v != nil {
+		blocks := uint64(c.New.Size / BlockSize)
+		if v.HashOffset%BlockSize != 0 || v.DataBlocks == 0 || v.DataBlocks*BlockSize > uint64(v.HashOffset) ||
+			v.TreeBlocks == 0 || uint64(v.HashOffset/BlockSize)+1+v.TreeBlocks > blocks || len(v.RootHash) != 32 {
+			return fmt.Errorf("payload: config: verity tree (%d data blocks, superblock at %d, %d tree blocks) does not fit the %d-block new image", v.DataBlocks, v.HashOffset, v.TreeBlocks, blocks)
+		}
 	}
 	if c.Old != nil {
 		if c.Old.R == nil {
@@ -226,7 +244,7 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 	}
 	ops = append(ops, more...)
 	sort.Slice(ops, func(i, j int) bool { return ops[i].Dst[0].Start < ops[j].Dst[0].Start })
-	if err := checkCoverage(ops, uint64(pl.nBlocks)); err != nil {
+	if err := checkCoverage(ops, uint64(pl.nBlocks), pl.kind); err != nil {
 		p.Close()
 		return nil, err
 	}
@@ -303,7 +321,8 @@ const (
 	kindNone uint8 = iota
 	kindZero
 	kindCopy
-	kindJob // claimed by a diff or replace job
+	kindJob  // claimed by a diff or replace job
+	kindTree // the dm-verity tree's levels: Apply computes them, no operation writes them
 )
 
 type planner struct {
@@ -343,6 +362,11 @@ func (pl *planner) classify() []job {
 	n := pl.nBlocks
 	pl.kind = make([]uint8, n)
 	pl.copySrc = make([]uint32, n)
+	if lo, hi, ok := pl.cfg.treeBlocks(); ok {
+		for b := lo; b < hi; b++ {
+			pl.kind[b] = kindTree
+		}
+	}
 	var jobs []job
 	old := pl.cfg.Old
 	newMap := pl.cfg.New.Map
@@ -362,7 +386,7 @@ func (pl *planner) classify() []job {
 	if old != nil {
 		// (1) Zero blocks.
 		for b := uint32(0); b < n; b++ {
-			if pl.newH.zero[b] {
+			if pl.newH.zero[b] && pl.kind[b] == kindNone {
 				pl.kind[b] = kindZero
 			}
 		}
@@ -716,13 +740,15 @@ func (pl *planner) generate(j job) (Op, []byte, error) {
 
 // checkCoverage makes sure the operations' destinations cover every block
 // of the new partition exactly once.
-func checkCoverage(ops []Op, n uint64) error {
+// Blocks of kind kindTree must be left alone; every other block written
+// exactly once.
+func checkCoverage(ops []Op, n uint64, kind []uint8) error {
 	seen := make([]bool, n)
 	for i, op := range ops {
 		for _, e := range op.Dst {
 			for b := e.Start; b < e.Start+e.Blocks; b++ {
-				if b >= n || seen[b] {
-					return fmt.Errorf("payload: internal error: operation %d writes block %d twice or outside the partition", i, b)
+				if b >= n || seen[b] || kind[b] == kindTree {
+					return fmt.Errorf("payload: internal error: operation %d writes block %d twice, outside the partition or in the verity tree", i, b)
 				}
 				seen[b] = true
 			}
@@ -732,7 +758,7 @@ func checkCoverage(ops []Op, n uint64) error {
 		}
 	}
 	for b, ok := range seen {
-		if !ok {
+		if !ok && kind[b] != kindTree {
 			return fmt.Errorf("payload: internal error: block %d is not written", b)
 		}
 	}
