@@ -101,6 +101,26 @@ func (t *Table) NextSlot() (*Entry, string, error) {
 	return best, why, nil
 }
 
+// ActiveSlot returns the slot an update must never write: the slot the
+// system runs from. Offline, that is the highest-priority slot that has
+// booted successfully (a slot on trial has not proved itself, and the one
+// it would fall back to must survive); with no successful slot, the slot
+// that boots next.
+func (t *Table) ActiveSlot() (*Entry, error) {
+	var best *Entry
+	for _, e := range t.Slots() {
+		s := e.Slot()
+		if s.Successful && s.Priority > 0 && (best == nil || s.Priority > best.Slot().Priority) {
+			best = e
+		}
+	}
+	if best != nil {
+		return best, nil
+	}
+	e, _, err := t.NextSlot()
+	return e, err
+}
+
 // other returns the slot that is not e (the A/B partner), or an error when
 // the table does not have exactly two slots.
 func (t *Table) other(e *Entry) (*Entry, error) {

@@ -125,3 +125,21 @@ func TestMarkTrialAndUnbootable(t *testing.T) {
 		t.Fatal("a non-USR partition was marked")
 	}
 }
+
+func TestActiveSlot(t *testing.T) {
+	cases := []struct {
+		a, b SlotState
+		want string
+	}{
+		{SlotState{1, 0, true}, SlotState{0, 0, false}, "USR-A"},
+		{SlotState{1, 0, true}, SlotState{2, 1, false}, "USR-A"},  // B on trial: A is what runs
+		{SlotState{1, 0, true}, SlotState{2, 0, true}, "USR-B"},   // B marked good
+		{SlotState{0, 0, false}, SlotState{2, 1, false}, "USR-B"}, // nothing good yet: the next boot
+	}
+	for _, c := range cases {
+		e, err := slotTable(c.a, c.b).ActiveSlot()
+		if err != nil || e.Label != c.want {
+			t.Errorf("%v %v: %v %v, want %s", c.a, c.b, e, err, c.want)
+		}
+	}
+}

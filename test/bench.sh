@@ -151,7 +151,7 @@ if timeout 300 bsdiff "$OLD" "$NEW" "$W/d/delta.bsdiff" 2>/dev/null; then bsdiff
 # Apply: kiln into the passive slot of release 1's disk, vs dd of the
 # whole partition.
 kiln_apply() { cp --sparse=always "$W/d/out1/disk.img" "$W/d/apply.img"; "$KILN" payload apply "$W/d/delta.payload" --disk "$W/d/apply.img" --key "$W/d/rk.pub"; }
-dd_apply() { cp --sparse=always "$W/d/out1/disk.img" "$W/d/apply.img"; dd if="$NEW" of="$W/d/apply.img" bs=4M seek=1 oflag=seek_bytes conv=notrunc status=none; }
+dd_apply() { cp --sparse=always "$W/d/out1/disk.img" "$W/d/apply.img"; dd if="$NEW" of="$W/d/apply.img" bs=4M seek=1 oflag=seek_bytes conv=notrunc,fsync status=none; }
 dd_sum_apply() { dd_apply; sha256sum "$NEW"; }
 export -f kiln_apply dd_apply dd_sum_apply
 RUNS=$RUNS_SAVED
@@ -183,7 +183,7 @@ Delta payloads between two releases of that tree (release 2: every 10th .go file
 | xdelta3 -9 | $(size "$W/d/delta.xd3") B | $(s xdelta-delta) s | $(mb xdelta-delta) MiB |
 | bsdiff (whole image) | $bsdiff_state | | |
 | floor: changed + added files, tar \| xz -9 | $(size "$W/d/floor.tar.xz") B | | |
-| kiln payload apply (signature, source and new sha256, verity) vs dd of the partition | | $(s kiln-apply) s vs $(s dd-apply) s: ratio $(ratio "$(s kiln-apply)" "$(s dd-apply)") | $(mb kiln-apply) MiB |
+| kiln payload apply (signature, source and new sha256, verity, fsync) vs dd conv=fsync of the partition | | $(s kiln-apply) s vs $(s dd-apply) s: ratio $(ratio "$(s kiln-apply)" "$(s dd-apply)") | $(mb kiln-apply) MiB |
 | … vs dd + sha256sum of the written partition (the least check an update needs) | | $(s kiln-apply) s vs $(s dd-sum-apply) s: ratio $(ratio "$(s kiln-apply)" "$(s dd-sum-apply)") | |
 
 The fs + verity rows compare like with like (kiln's own stage clock, from \`kiln build --json\`); the whole-build rows compare the whole kiln build with the tools doing the same work, a partition checksum included (kiln's manifest holds the SHA-256 of the whole 2 GiB partition).

@@ -189,6 +189,18 @@ func TestDeltaPayloadUpdatesPassiveSlot(t *testing.T) {
 		t.Errorf("cgpt USR-A %v", got)
 	}
 	sgdiskClean(t, disk)
+	// Applying again before the reboot rewrites the slot on trial, never
+	// USR-A, which is still the slot that booted successfully.
+	mustRun(t, kiln, "payload", "apply", delta, "--disk", disk, "--key", key+".pub")
+	if got := sha256File(t, disk, usrB.Offset, usrB.Size); got != want {
+		t.Error("USR-B after a second apply differs")
+	}
+	if after := sha256File(t, disk, usrA.Offset, usrA.Size); after != before {
+		t.Error("a second apply wrote USR-A")
+	}
+	if got := cgptSlot(t, disk, 4); got != [3]int{2, 1, 0} {
+		t.Errorf("cgpt USR-B after a second apply %v", got)
+	}
 	// The slot verifies against release 2's signed manifest, independently.
 	if r := run(t, kiln, "slot", "verify", disk, "USR-B", "--manifest", filepath.Join(out2, "manifest.json"), "--key", key+".pub"); r.code != 0 {
 		t.Errorf("slot verify: %s%s", r.stdout, r.stderr)

@@ -6,6 +6,7 @@
 package update
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-os/kiln/build"
 	"github.com/kiln-os/kiln/build/blockmap"
@@ -220,7 +223,27 @@ func (s *slotTarget) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > s.size || int64(len(p)) > s.size-off {
 		return 0, fmt.Errorf("update: write of %d bytes at %d outside the %d-byte slot", len(p), off, s.size)
 	}
+	// Large runs of zeros (ZERO operations) become holes (or, on a block
+	// device, zeroed ranges) instead of writes, where the kernel can.
+	if len(p) >= 64<<10 && (s.off+off)%4096 == 0 && len(p)%4096 == 0 && isZero(p) {
+		if unix.Fallocate(int(s.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, s.off+off, int64(len(p))) == nil {
+			return len(p), nil
+		}
+	}
 	return s.f.WriteAt(p, s.off+off)
+}
+
+// isZero reports whether every byte of p is zero.
+func isZero(p []byte) bool {
+	var zero [4096]byte
+	for len(p) > 0 {
+		n := min(len(p), len(zero))
+		if !bytes.Equal(p[:n], zero[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
 }
 
 func (s *slotTarget) ReadAt(p []byte, off int64) (int, error) {

@@ -64,13 +64,17 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 			}
 			kind := "full"
 			if plan.Old != nil {
-				kind = "delta " + plan.OldVersion + " →"
+				kind = "delta"
 			}
 			if g.json {
-				return g.printJSON(map[string]any{"payload": out, "kind": map[bool]string{true: "delta", false: "full"}[plan.Old != nil],
+				return g.printJSON(map[string]any{"payload": out, "kind": kind,
 					"version": plan.Version, "old_version": plan.OldVersion, "size": st.Size(), "operations": len(plan.Ops)})
 			}
-			fmt.Fprintf(g.env.Stdout, "%s: %s %s, %d operations, %s\n", out, kind, plan.Version, len(plan.Ops), layout.HumanSize(st.Size()))
+			from := ""
+			if plan.Old != nil {
+				from = " from " + plan.OldVersion
+			}
+			fmt.Fprintf(g.env.Stdout, "%s: %s payload of %s%s, %d operations, %s\n", out, kind, plan.Version, from, len(plan.Ops), layout.HumanSize(st.Size()))
 			return nil
 		},
 	}

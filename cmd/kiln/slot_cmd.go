@@ -224,8 +224,8 @@ func newSlotMarkBootableCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return nil, err
 				}
-				if next, _, err := t.NextSlot(); err == nil && next.Number == e.Number {
-					return nil, fmt.Errorf("%s is the slot that boots now; mark-bootable is for the other slot", e.Label)
+				if active, err := t.ActiveSlot(); err == nil && active.Number == e.Number {
+					return nil, fmt.Errorf("%s is the active slot (the one that booted successfully); mark-bootable is for the other slot", e.Label)
 				}
 				return e, t.MarkTrial(e)
 			}, "marked bootable (on trial)")

@@ -16,9 +16,10 @@ import (
 	"github.com/kiln-os/kiln/build/payload/internal/suffix"
 )
 
-// blockLimit is the largest run-length-encoded block; level 9 allows
-// 900000 bytes, a run (at most 5 encoded bytes) must fit after the check.
-const blockLimit = 900000 - 8
+// blockLimit is the largest run-length-encoded block at a level: level N
+// allows N×100000 bytes, and a run (at most 5 encoded bytes) must fit
+// after the check.
+func blockLimit(level int) int { return level*100000 - 8 }
 
 const maxCodeLen = 17
 
@@ -38,17 +39,26 @@ type Writer struct {
 	started  bool
 	closed   bool
 	err      error
+	level    int // block size level, 1..9
 }
 
 // NewWriter returns a Writer at block size level 9.
-func NewWriter(w io.Writer) *Writer {
-	return &Writer{w: w, crc: 0xffffffff}
+func NewWriter(w io.Writer) *Writer { return NewWriterLevel(w, 9) }
+
+// NewWriterLevel returns a Writer at block size level 1 (100 kB blocks)
+// to 9 (900 kB). A decoder allocates about 4 bytes per block byte, so
+// small inputs should use small levels.
+func NewWriterLevel(w io.Writer, level int) *Writer {
+	return &Writer{w: w, crc: 0xffffffff, level: min(max(level, 1), 9)}
 }
 
-// Compress returns the bzip2 compression of b.
+// Compress returns the bzip2 compression of b, at the smallest block size
+// level that holds b in one block (run-length encoding can grow data by a
+// quarter): a patch applier then decodes it without allocating tables for
+// 900 kB blocks, as Go's decoder does for level 9.
 func Compress(b []byte) []byte {
 	var out sliceWriter
-	w := NewWriter(&out)
+	w := NewWriterLevel(&out, (len(b)*5/4+8)/100000+1)
 	_, _ = w.Write(b)
 	_ = w.Close()
 	return out
@@ -69,7 +79,7 @@ func (z *Writer) Write(p []byte) (int, error) {
 		z.started = true
 		z.bw.w = z.w
 		z.bw.writeBits(24, 'B'<<16|'Z'<<8|'h')
-		z.bw.writeBits(8, '9')
+		z.bw.writeBits(8, uint64('0'+z.level))
 	}
 	for _, c := range p {
 		if z.runLen > 0 && (c != z.runByte || z.runLen == 255) {
@@ -84,7 +94,7 @@ func (z *Writer) Write(p []byte) (int, error) {
 // flushRun appends the pending run to the block, ending the block first
 // when it is full: blocks are cut only between runs.
 func (z *Writer) flushRun() {
-	if len(z.block) >= blockLimit {
+	if len(z.block) >= blockLimit(z.level) {
 		z.endBlock(z.crc)
 		z.crc = 0xffffffff
 	}
