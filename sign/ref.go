@@ -237,17 +237,25 @@ type keySigner struct {
 func (s *keySigner) String() string { return s.name }
 
 func (s *keySigner) PublicKey() (crypto.PublicKey, error) {
-	if s.pub != nil {
-		return s.pub, nil
+	return cachedPublicKey(&s.pub, s.name, func() (crypto.PublicKey, error) {
+		return s.sv.PublicKey(options.WithContext(s.ctx))
+	})
+}
+
+// cachedPublicKey returns *cached, fetching (from a KMS) and checking the
+// key the first time.
+func cachedPublicKey(cached *crypto.PublicKey, name string, fetch func() (crypto.PublicKey, error)) (crypto.PublicKey, error) {
+	if *cached != nil {
+		return *cached, nil
 	}
-	pub, err := s.sv.PublicKey(options.WithContext(s.ctx))
+	pub, err := fetch()
 	if err != nil {
-		return nil, fmt.Errorf("sign: fetching the public key of %s: %w", s.name, err)
+		return nil, fmt.Errorf("sign: fetching the public key of %s: %w", name, err)
 	}
 	if err := checkPublicKey(pub); err != nil {
-		return nil, fmt.Errorf("%s: %w", s.name, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	s.pub = pub
+	*cached = pub
 	return pub, nil
 }
 
@@ -293,18 +301,9 @@ type keyVerifier struct {
 func (v *keyVerifier) String() string { return v.name }
 
 func (v *keyVerifier) PublicKey() (crypto.PublicKey, error) {
-	if v.pub != nil {
-		return v.pub, nil
-	}
-	pub, err := v.kms.PublicKey(options.WithContext(v.ctx))
-	if err != nil {
-		return nil, fmt.Errorf("sign: fetching the public key of %s: %w", v.name, err)
-	}
-	if err := checkPublicKey(pub); err != nil {
-		return nil, fmt.Errorf("%s: %w", v.name, err)
-	}
-	v.pub = pub
-	return pub, nil
+	return cachedPublicKey(&v.pub, v.name, func() (crypto.PublicKey, error) {
+		return v.kms.PublicKey(options.WithContext(v.ctx))
+	})
 }
 
 func (v *keyVerifier) Verify(r io.Reader, sig []byte) error {
