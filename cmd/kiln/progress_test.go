@@ -1,0 +1,41 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// In CI (no terminal) progress is one plain line per stage; on a
+// terminal, a redrawn bar with the bytes done.
+func TestProgressOutput(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgress(&buf, false)
+	if _, ok := p.(*lineProgress); !ok {
+		t.Fatalf("a non-terminal got %T", p)
+	}
+	p.Start("filesystem USR-A", 4096)
+	p.Add(2048)
+	p.Add(2048)
+	p.End()
+	if got := buf.String(); !strings.HasPrefix(got, "kiln: filesystem USR-A: 4.0 KiB in ") || strings.Count(got, "\n") != 1 {
+		t.Errorf("line progress %q", got)
+	}
+	buf.Reset()
+	bar := &barProgress{w: &buf}
+	bar.Start("verity USR-A", 100)
+	bar.Add(50)
+	bar.End()
+	out := buf.String()
+	if !strings.Contains(out, "verity USR-A") || !strings.Contains(out, "[###############...............]") || !strings.HasSuffix(out, "\n") {
+		t.Errorf("bar progress %q", out)
+	}
+	buf.Reset()
+	q := newProgress(&buf, true)
+	q.Start("sources", 0)
+	q.Add(10)
+	q.End()
+	if buf.Len() != 0 {
+		t.Errorf("quiet progress printed %q", buf.String())
+	}
+}
