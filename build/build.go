@@ -221,7 +221,7 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 				}
 			} else {
 				w := &boundedWriter{w: disk, off: e.Offset(), limit: e.Size(), name: e.Label}
-				if err := b.writeFS(w, p, lp, e, trees[e.Label], &mp); err != nil {
+				if err := b.writeFS(w, p, e, trees[e.Label], &mp); err != nil {
 					return nil, err
 				}
 			}
@@ -306,7 +306,7 @@ func fsIDs(seed, label string) (uuid, hashSeed [16]byte) {
 
 // writeFS writes one partition's filesystem through w (sized to the
 // partition) and records it in mp.
-func (b *builder) writeFS(w *boundedWriter, p *PartitionSpec, lp *layout.Partition, e layout.Entry, t *tree.Tree, mp *manifest.Partition) error {
+func (b *builder) writeFS(w *boundedWriter, p *PartitionSpec, e layout.Entry, t *tree.Tree, mp *manifest.Partition) error {
 	c := b.start("filesystem "+e.Label, t.Stats().Bytes)
 	w.count = c
 	m, err := writeFilesystem(w, b.r, p, e, t, e.Size(), b.opts, false)

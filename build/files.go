@@ -42,21 +42,6 @@ func (b *boundedWriter) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// ReadAt lets writers that read back what they wrote do so.
-func (b *boundedWriter) ReadAt(p []byte, off int64) (int, error) {
-	r, ok := b.w.(io.ReaderAt)
-	if !ok {
-		return 0, errors.New("not readable")
-	}
-	if off < 0 || off >= b.limit {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > b.limit-off {
-		p = p[:b.limit-off]
-	}
-	return r.ReadAt(p, b.off+off)
-}
-
 // copySparse copies size bytes of src (from 0) to dst at dstOff, skipping
 // holes, so a mostly empty partition image stays sparse in the disk.
 func copySparse(dst *os.File, dstOff int64, src *os.File, size int64) error {
