@@ -156,4 +156,3 @@ func printSummary(g *globals, name string, s payload.Summary) {
 		tw.Flush()
 	}
 }
-
