@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"go.podman.io/image/v5/pkg/blobinfocache/none"
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
+	"go.podman.io/storage/pkg/configfile"
 
 	"github.com/kiln-os/kiln/build/source"
 	"github.com/kiln-os/kiln/build/tree"
@@ -72,12 +72,16 @@ func ParseImageRef(spec string) (types.ImageReference, error) {
 }
 
 // policyContext returns the signature policy: the standard policy.json
-// when one exists (or the file named by policyPath), else one that
-// accepts anything, with a warning.
+// when one exists ($CONTAINERS_POLICY_JSON, ~/.config/containers,
+// /etc/containers, /usr/share/containers), else one that accepts
+// anything, with a warning. A policy file that exists but cannot be read,
+// or a $CONTAINERS_POLICY_JSON naming a missing file, is an error.
 func policyContext(sys *types.SystemContext, log *slog.Logger) (*signature.PolicyContext, error) {
 	policy, err := signature.DefaultPolicy(sys)
 	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
+		// The library reports "no policy anywhere" with its own sentinel,
+		// not os.ErrNotExist (which it keeps for an explicit path).
+		if !errors.Is(err, configfile.ErrConfigFileNotFound) {
 			return nil, fmt.Errorf("signature policy: %w", err)
 		}
 		log.Warn("no containers policy.json found: accepting images without signature verification")
@@ -90,11 +94,16 @@ func policyContext(sys *types.SystemContext, log *slog.Logger) (*signature.Polic
 // whiteouts and opaque directories. Layers are decompressed into the
 // spool as they are read; nothing is extracted to the host.
 func FromImage(ctx context.Context, s *source.Spool, spec string, mtime time.Time, log *slog.Logger) (*Image, error) {
+	return fromImage(ctx, s, spec, mtime, log, &types.SystemContext{})
+}
+
+// fromImage is FromImage with the containers/image system context (tests
+// move the system configuration root).
+func fromImage(ctx context.Context, s *source.Spool, spec string, mtime time.Time, log *slog.Logger, sys *types.SystemContext) (*Image, error) {
 	ref, err := ParseImageRef(spec)
 	if err != nil {
 		return nil, err
 	}
-	sys := &types.SystemContext{}
 	pc, err := policyContext(sys, log)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", spec, err)

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"go.podman.io/image/v5/types"
+
 	"github.com/kiln-os/kiln/build/source"
 	"github.com/kiln-os/kiln/build/tree"
 )
@@ -108,6 +110,28 @@ func writeOCILayout(t *testing.T, layers ...[]entry) string {
 	return dir
 }
 
+// noPolicy isolates a test from the machine's containers configuration:
+// HOME is an empty directory, $CONTAINERS_POLICY_JSON and
+// $XDG_CONFIG_HOME are unset, and the returned system context moves the
+// system configuration root (/etc/containers, /usr/share/containers) to
+// another empty directory. No policy.json exists anywhere, as on a fresh
+// machine, whatever this machine has.
+func noPolicy(t *testing.T) *types.SystemContext {
+	t.Helper()
+	t.Setenv("HOME", t.TempDir())
+	for _, k := range []string{"XDG_CONFIG_HOME", "CONTAINERS_POLICY_JSON"} {
+		t.Setenv(k, "") // restored after the test
+		os.Unsetenv(k)
+	}
+	return &types.SystemContext{RootForImplicitAbsolutePaths: t.TempDir()}
+}
+
+// load reads an image with no signature policy anywhere.
+func load(t *testing.T, sp *source.Spool, spec string) (*Image, error) {
+	t.Helper()
+	return fromImage(context.Background(), sp, spec, epoch, quietLog(), noPolicy(t))
+}
+
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func read(t *testing.T, n *tree.Inode) string {
@@ -151,7 +175,7 @@ func TestOCILayersWhiteoutsOpaque(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	img, err := FromImage(context.Background(), sp, "oci:"+dir+":v1", epoch, quietLog())
+	img, err := load(t, sp, "oci:"+dir+":v1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +229,7 @@ func TestLayerEscapesAreErrors(t *testing.T) {
 			dir := writeOCILayout(t, entries)
 			sp, _ := source.NewSpool(t.TempDir())
 			defer sp.Close()
-			_, err := FromImage(context.Background(), sp, "oci:"+dir+":v1", epoch, quietLog())
+			_, err := load(t, sp, "oci:"+dir+":v1")
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -229,7 +253,7 @@ func TestCorruptLayerDigest(t *testing.T) {
 	}
 	sp, _ := source.NewSpool(t.TempDir())
 	defer sp.Close()
-	if _, err := FromImage(context.Background(), sp, "oci:"+dir+":v1", epoch, quietLog()); err == nil {
+	if _, err := load(t, sp, "oci:"+dir+":v1"); err == nil {
 		t.Fatal("corrupt layer accepted")
 	}
 }
@@ -261,7 +285,7 @@ func TestUmociImage(t *testing.T) {
 
 	sp, _ := source.NewSpool(t.TempDir())
 	defer sp.Close()
-	im, err := FromImage(context.Background(), sp, "oci:"+img+":v2", epoch, quietLog())
+	im, err := load(t, sp, "oci:"+img+":v2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,4 +299,53 @@ func TestUmociImage(t *testing.T) {
 	if _, err := im.Tree.Lookup("usr/bin/gone"); err == nil {
 		t.Error("umoci's whiteout was not applied")
 	}
+}
+
+// TestSignaturePolicy: with no policy.json anywhere (a fresh machine) an
+// image is read, through the exported FromImage too, with HOME an empty
+// directory; a policy that exists is obeyed; a $CONTAINERS_POLICY_JSON
+// naming a missing file is an error, not a silent accept-anything.
+func TestSignaturePolicy(t *testing.T) {
+	dir := writeOCILayout(t, []entry{{name: "a", typ: tar.TypeReg, body: "a"}})
+	sp, err := source.NewSpool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	spec := "oci:" + dir + ":v1"
+
+	t.Run("none anywhere", func(t *testing.T) {
+		if _, err := load(t, sp, spec); err != nil {
+			t.Fatalf("no policy.json anywhere: %v", err)
+		}
+	})
+	t.Run("exported, empty HOME", func(t *testing.T) {
+		noPolicy(t)
+		if _, err := FromImage(context.Background(), sp, spec, epoch, quietLog()); err != nil {
+			t.Fatalf("FromImage with HOME empty: %v", err)
+		}
+	})
+	t.Run("reject policy obeyed", func(t *testing.T) {
+		sys := noPolicy(t)
+		conf := filepath.Join(os.Getenv("HOME"), ".config", "containers")
+		if err := os.MkdirAll(conf, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(conf, "policy.json"), []byte(`{"default":[{"type":"reject"}]}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := fromImage(context.Background(), sp, spec, epoch, quietLog(), sys)
+		if err == nil || !strings.Contains(err.Error(), "rejected by the signature policy") {
+			t.Fatalf("reject-everything policy: err = %v", err)
+		}
+	})
+	t.Run("explicit missing policy", func(t *testing.T) {
+		sys := noPolicy(t)
+		missing := filepath.Join(t.TempDir(), "policy.json")
+		t.Setenv("CONTAINERS_POLICY_JSON", missing)
+		_, err := fromImage(context.Background(), sp, spec, epoch, quietLog(), sys)
+		if err == nil || !strings.Contains(err.Error(), "signature policy") || !strings.Contains(err.Error(), missing) {
+			t.Fatalf("missing $CONTAINERS_POLICY_JSON file: err = %v", err)
+		}
+	})
 }
