@@ -16,7 +16,9 @@ import (
 
 // partitionTree resolves what goes into one partition: the source (if
 // any), narrowed to Subdir, with the recipe's files placed over it. New
-// directories and inline files get the build time (SOURCE_DATE_EPOCH).
+// directories and inline files get the build time (SOURCE_DATE_EPOCH),
+// and every time later than it is clamped to it, whatever the source, so
+// a checkout's fresh file times never reach the image.
 func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *source.Spool, epoch time.Time, log *slog.Logger) (*tree.Tree, *manifest.Source, error) {
 	fail := func(err error) error { return fmt.Errorf("%s: %w", p.Label, err) }
 	t := tree.New(epoch)
@@ -72,6 +74,7 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 			return nil, nil, fail(fmt.Errorf("file %s: %w", f.Path, err))
 		}
 	}
+	t.ClampTimes(epoch)
 	return t, src, nil
 }
 

@@ -375,6 +375,21 @@ func walk(p string, n *Inode, fn WalkFunc) error {
 	return nil
 }
 
+// ClampTimes sets every mtime later than limit to limit and keeps earlier
+// ones exactly: the reproducible-builds rule for SOURCE_DATE_EPOCH (as
+// tar --clamp-mtime, mkosi and Debian apply it). Files a git checkout or
+// an unpacked archive just wrote then give the same image as the files
+// of any other checkout of the same commit. Hard links and subtrees share
+// inodes, so they are clamped once for every tree holding them.
+func (t *Tree) ClampTimes(limit time.Time) {
+	_ = t.Walk(func(_ string, n *Inode) error {
+		if n.Mtime.After(limit) {
+			n.Mtime = limit
+		}
+		return nil
+	})
+}
+
 // Stats summarises a tree.
 type Stats struct {
 	Inodes  int   // distinct inodes, hard links counted once

@@ -25,7 +25,9 @@ type Options struct {
 	LongName bool  // add 255-byte names
 }
 
-// Epoch is the mtime Random uses as the base of its times.
+// Epoch is the mtime of Random's root; its other times lie in the year
+// before it, so a build with SOURCE_DATE_EPOCH=Epoch (1700000000) keeps
+// every one of them (later times would be clamped to the epoch).
 var Epoch = time.Unix(1700000000, 0)
 
 // Random returns a deterministic tree for the seed: nested directories,
@@ -43,7 +45,7 @@ func Random(seed uint64, o Options) *tree.Tree {
 	t := tree.New(Epoch)
 	dirs := []string{""}
 	mtime := func() time.Time {
-		return Epoch.Add(time.Duration(r.Int64N(1e9*3600*24*365)) + time.Duration(r.IntN(1e9)))
+		return Epoch.Add(-time.Duration(r.Int64N(1e9*3600*24*365)) - time.Duration(r.IntN(1e9)))
 	}
 	for i := 0; i < o.Files/8+1; i++ {
 		parent := dirs[r.IntN(len(dirs))]
