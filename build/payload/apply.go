@@ -113,11 +113,19 @@ func Apply(ctx context.Context, p *Payload, src io.ReaderAt, dst Target, opts Ap
 		}
 	}
 	res.BytesWritten = a.written
-	// The verity tree's levels are not in the payload: compute them from
-	// the data just written, with the superblock the payload wrote, and
-	// check the root before the whole-partition hash.
+	// The verity tree: when the client computes it, its levels are not in
+	// the payload, so compute them from the data just written, with the
+	// superblock the payload wrote; when the payload carries it, check the
+	// tree it wrote. Either way the root is checked before the
+	// whole-partition hash.
 	if v := part.Verity; v != nil {
-		if err := writeVerityTree(dst, v); err != nil {
+		var err error
+		if part.VerityTree == VerityTreeByClient {
+			err = writeVerityTree(dst, v)
+		} else if _, err = verity.Verify(dst, 0, v.HashOffset, v.RootHash); err != nil {
+			err = fmt.Errorf("%w: the verity tree the payload wrote: %w", ErrVerityRoot, err)
+		}
+		if err != nil {
 			return res, fmt.Errorf("payload: partition %s: %w", part.Name, err)
 		}
 	}
@@ -301,7 +309,8 @@ func (w *extentWriter) zeroRest(buf []byte) error {
 var ErrVerityRoot = errors.New("payload: verity root hash mismatch")
 
 // writeVerityTree computes the dm-verity tree of the written data and writes it
-// after the superblock the payload's operations wrote.
+// after the superblock block the payload's operations wrote, which it
+// leaves as written (the block may hold more than the superblock).
 func writeVerityTree(dst Target, v *Verity) error {
 	sb, err := verity.ReadSuperblock(dst, v.HashOffset)
 	if err != nil {
@@ -313,7 +322,8 @@ func writeVerityTree(dst Target, v *Verity) error {
 	if n := uint64(verity.HashTreeSize(v.DataBlocks)/BlockSize) - 1; n != v.TreeBlocks {
 		return fmt.Errorf("verity tree of %d data blocks has %d blocks, the payload says %d", v.DataBlocks, n, v.TreeBlocks)
 	}
-	root, err := verity.Format(dst, 0, v.HashOffset, verity.Params{DataBlocks: v.DataBlocks, Salt: sb.Salt, UUID: sb.UUID})
+	keep := &keepBlock{Target: dst, off: v.HashOffset}
+	root, err := verity.Format(keep, 0, v.HashOffset, verity.Params{DataBlocks: v.DataBlocks, Salt: sb.Salt, UUID: sb.UUID})
 	if err != nil {
 		return err
 	}
@@ -321,4 +331,31 @@ func writeVerityTree(dst Target, v *Verity) error {
 		return fmt.Errorf("%w: computed %x, the payload says %x", ErrVerityRoot, root, v.RootHash)
 	}
 	return nil
+}
+
+// keepBlock is a Target whose block at off is not written: verity.Format
+// writes the superblock block with the levels, and the payload already
+// wrote that block.
+type keepBlock struct {
+	Target
+	off int64
+}
+
+func (k *keepBlock) WriteAt(p []byte, off int64) (int, error) {
+	end := off + int64(len(p))
+	lo, hi := max(off, k.off), min(end, k.off+BlockSize)
+	if lo >= hi { // no overlap
+		return k.Target.WriteAt(p, off)
+	}
+	if lo > off {
+		if _, err := k.Target.WriteAt(p[:lo-off], off); err != nil {
+			return 0, err
+		}
+	}
+	if hi < end {
+		if _, err := k.Target.WriteAt(p[hi-off:], hi); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }

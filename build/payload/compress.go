@@ -15,17 +15,20 @@ import (
 type Compression uint8
 
 const (
-	// CompressionAuto tries ZSTD and REPLACE_XZ and keeps the smaller.
-	CompressionAuto Compression = iota
 	// CompressionXZ uses REPLACE_XZ only: every update_engine reads it.
-	CompressionXZ
-	// CompressionZstd uses ZSTD only: fastest to generate and apply.
+	// The default.
+	CompressionXZ Compression = iota
+	// CompressionAuto tries ZSTD and REPLACE_XZ and keeps the smaller; the
+	// payload is then only for clients that read ZSTD.
+	CompressionAuto
+	// CompressionZstd uses ZSTD only: fastest to generate and apply, for
+	// clients that read ZSTD.
 	CompressionZstd
 	// CompressionNone writes plain REPLACE operations.
 	CompressionNone
 )
 
-var compressionNames = [...]string{"auto", "xz", "zstd", "none"}
+var compressionNames = [...]string{"xz", "auto", "zstd", "none"}
 
 func (c Compression) String() string {
 	if int(c) < len(compressionNames) {
@@ -34,14 +37,14 @@ func (c Compression) String() string {
 	return fmt.Sprintf("Compression(%d)", uint8(c))
 }
 
-// ParseCompression parses a Compression name ("auto", "xz", "zstd", "none").
+// ParseCompression parses a Compression name ("xz", "auto", "zstd", "none").
 func ParseCompression(s string) (Compression, error) {
 	for i, n := range compressionNames {
 		if n == s {
 			return Compression(i), nil
 		}
 	}
-	return 0, fmt.Errorf("payload: unknown compression %q (want auto, xz, zstd or none)", s)
+	return 0, fmt.Errorf("payload: unknown compression %q (want xz, auto, zstd or none)", s)
 }
 
 var zstdEncoder = sync.OnceValue(func() *zstd.Encoder {

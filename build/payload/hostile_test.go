@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	um "github.com/kiln-os/kiln/build/payload/updatemetadata"
@@ -118,12 +119,15 @@ func TestOpenRejectsMalformed(t *testing.T) {
 		{"no partitions", rewrite(t, good, func(m *um.DeltaArchiveManifest) { m.Partitions = nil }), -1},
 		{"bad new hash", rewrite(t, good, func(m *um.DeltaArchiveManifest) { m.Partitions[0].NewPartitionInfo.Hash = []byte{1} }), -1},
 		{"hash tree outside partition", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			m.MinorVersion = proto.Uint32(VerityMinorVersion)
 			setVerity(m.Partitions[0], 4, 5, 1<<40)
 		}), -1},
 		{"hash tree over the data", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			m.MinorVersion = proto.Uint32(VerityMinorVersion)
 			setVerity(m.Partitions[0], 8, 4, 1)
 		}), -1},
 		{"hash tree without root", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			m.MinorVersion = proto.Uint32(VerityMinorVersion)
 			setVerity(m.Partitions[0], 4, 5, 1)
 			m.Partitions[0].KilnVerityRootHash = nil
 		}), -1},
@@ -264,4 +268,50 @@ func setVerity(pu *um.PartitionUpdate, data, tree, n uint64) {
 	pu.HashTreeExtent = &um.Extent{StartBlock: proto.Uint64(tree), NumBlocks: proto.Uint64(n)}
 	pu.HashTreeAlgorithm = proto.String("sha256")
 	pu.KilnVerityRootHash = make([]byte, 32)
+}
+
+// TestOpenMinorVersionRules: operations and fields outside the minor
+// version a payload declares are refused, each for its own reason.
+func TestOpenMinorVersionRules(t *testing.T) {
+	good := newHostileFixture(t).signed
+	for _, tc := range []struct {
+		name, want string
+		payload    []byte
+	}{
+		{"hash_tree_* below minor version 6", "hash_tree_* fields need minor version 6", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			setVerity(m.Partitions[0], 4, 5, 1)
+		})},
+		{"both hash_tree_* and kiln_hash_tree_*", "both hash_tree_* and kiln_hash_tree_*", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			m.MinorVersion = proto.Uint32(VerityMinorVersion)
+			setVerity(m.Partitions[0], 4, 5, 1)
+			m.Partitions[0].KilnHashTreeExtent = m.Partitions[0].HashTreeExtent
+			m.Partitions[0].KilnHashTreeDataExtent = m.Partitions[0].HashTreeDataExtent
+		})},
+		{"SOURCE_BSDIFF lengths at minor version 4", "with src_length/dst_length at minor version 4", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			op := firstOp(m, OpSourceBsdiff)
+			op.SrcLength, op.DstLength = proto.Uint64(BlockSize), proto.Uint64(BlockSize)
+		})},
+		{"SOURCE_BSDIFF without lengths at minor version 3", "without src_length and dst_length at minor version 3", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			m.MinorVersion = proto.Uint32(3)
+			for _, op := range m.Partitions[0].Operations { // no ZERO at 3
+				if OpType(op.GetType()) == OpZero {
+					op.Type = um.InstallOperation_DISCARD.Enum()
+				}
+			}
+		})},
+		{"ZERO at minor version 3", "ZERO needs minor version 4", rewrite(t, good, func(m *um.DeltaArchiveManifest) {
+			m.MinorVersion = proto.Uint32(3)
+			for _, op := range m.Partitions[0].Operations {
+				if OpType(op.GetType()) == OpSourceBsdiff {
+					op.SrcLength, op.DstLength = proto.Uint64(BlockSize), proto.Uint64(BlockSize)
+				}
+			}
+		})},
+	} {
+		_, err := Open(bytes.NewReader(tc.payload), int64(len(tc.payload)))
+		var fe *FormatError
+		if !errors.As(err, &fe) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want a FormatError saying %q", tc.name, err, tc.want)
+		}
+	}
 }

@@ -19,6 +19,17 @@ type Summary struct {
 	Signatures            int                `json:"signatures"`
 	SignatureStatus       string             `json:"signature_status"` // "unsigned", "not checked", "valid", or the error
 	Partitions            []PartitionSummary `json:"partitions"`
+	// Clients says, for each client family, whether it applies the
+	// payload (see [Client.Check]).
+	Clients []ClientSummary `json:"clients"`
+}
+
+// ClientSummary says whether a client family applies a payload.
+type ClientSummary struct {
+	Client      string `json:"client"`
+	Description string `json:"description"`
+	Applies     bool   `json:"applies"`
+	Why         string `json:"why_not,omitempty"` // what it cannot apply
 }
 
 // PartitionSummary describes one partition of a payload.
@@ -35,6 +46,9 @@ type PartitionSummary struct {
 	// partition's dm-verity root hash (hex), when recorded.
 	OldVersion string `json:"old_version,omitempty"`
 	VerityRoot string `json:"verity_root_hash,omitempty"`
+	// VerityTree is "payload" (operations write the tree) or "client"
+	// (hash_tree_* fields: the client computes it), when recorded.
+	VerityTree string `json:"verity_tree,omitempty"`
 }
 
 // OpStats counts the operations of one type.
@@ -77,6 +91,7 @@ func Inspect(ctx context.Context, p *Payload, v Verifier) Summary {
 		ps := PartitionSummary{Name: part.Name, Version: part.Version, OldVersion: part.OldVersion, NewSize: part.New.Size, NewHash: hex.EncodeToString(part.New.Hash[:]), Ops: len(part.Ops)}
 		if part.Verity != nil {
 			ps.VerityRoot = hex.EncodeToString(part.Verity.RootHash)
+			ps.VerityTree = part.VerityTree.String()
 		}
 		if part.Old != nil {
 			ps.OldSize, ps.OldHash = part.Old.Size, hex.EncodeToString(part.Old.Hash[:])
@@ -98,6 +113,14 @@ func Inspect(ctx context.Context, p *Payload, v Verifier) Summary {
 		}
 		sort.Slice(ps.OpsByType, func(i, j int) bool { return ps.OpsByType[i].Type < ps.OpsByType[j].Type })
 		s.Partitions = append(s.Partitions, ps)
+	}
+	f := FeaturesOf(p)
+	for _, c := range Clients {
+		cs := ClientSummary{Client: c.String(), Description: c.Description(), Applies: true}
+		if err := c.Check(f); err != nil {
+			cs.Applies, cs.Why = false, err.Error()
+		}
+		s.Clients = append(s.Clients, cs)
 	}
 	return s
 }

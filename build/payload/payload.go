@@ -40,23 +40,29 @@
 //   - The release version of the new build is PartitionUpdate.version
 //     (field 17, upstream's per-partition downgrade-detection field); the
 //     applier hands it to [ApplyOptions.CheckVersion] for anti-rollback.
-//   - The dm-verity tree of the new partition is not carried: like
-//     Android's update_engine, which fills hash_tree_extent on the device,
-//     the planner leaves the tree's levels out of every operation and
-//     Apply computes them from the written data (salt and UUID from the
-//     superblock the payload writes), then checks the root against
-//     kiln_verity_root_hash before the whole-partition hash. The tree is
-//     random-looking and incompressible: on a 512 MiB slot it was 2 of a
-//     delta's 2.5 MiB.
-//   - block_size is 4096; minor_version is 0 for a full payload and
-//     [DeltaMinorVersion] (4: SOURCE_COPY, SOURCE_BSDIFF with
-//     src_sha256_hash, ZERO) for a delta.
-//   - Compressed operations are REPLACE_XZ (xz with CRC32 checks, as
-//     xz-embedded requires) or ZSTD, whichever is smaller; data that does
-//     not shrink is a plain REPLACE. The ZSTD enum value is Android's (14);
-//     ChromiumOS's update_engine numbers its REPLACE_ZSTD 11, which Android
-//     uses for ZUCCHINI, so a payload for ChromiumOS clients should be
-//     planned with [CompressionXZ].
+//   - Each payload is correct for the minor version it declares, as
+//     update_engine's generator and its reference checker (paycheck.py,
+//     android-12.1) hold it: 0 for a full payload, [DeltaMinorVersion]
+//     (4: SOURCE_COPY, SOURCE_BSDIFF with src_sha256_hash and without
+//     src_length/dst_length, ZERO) for a delta, [VerityMinorVersion] (6)
+//     for a delta whose verity tree the client computes. [Open] refuses
+//     operations and fields outside the declared version.
+//   - The dm-verity tree of the new partition is, by default, data like
+//     any other ([VerityTreeInPayload]): every client writes it, and kiln's
+//     fields (kiln_hash_tree_*, kiln_verity_root_hash) let [Apply] check
+//     it. With [VerityTreeByClient] (deltas only) the tree's levels are
+//     left out and described by upstream's hash_tree_* fields, as Android
+//     does: the client computes them (so does Apply, with the superblock
+//     the payload wrote, and checks the root). The tree is random-looking
+//     and incompressible: on a 512 MiB slot it was 2 of a delta's 2.5 MiB.
+//   - Compressed operations are REPLACE_XZ by default (xz with CRC32
+//     checks, as xz-embedded requires), which every update_engine reads;
+//     data that does not shrink is a plain REPLACE. ZSTD operations
+//     ([CompressionZstd], [CompressionAuto]) are for clients that know
+//     them: the enum value is AOSP's (14), which android-12.1's proto
+//     does not have.
+//   - [Client] names the families of appliers and what each reads;
+//     [Inspect] says which of them apply a payload.
 package payload
 
 import (
@@ -80,7 +86,7 @@ const (
 	FullMinorVersion = 0
 	// DeltaMinorVersion is the minor version of kiln's deltas: update_engine
 	// allows ZERO from 4 on, SOURCE_* operations from 2 and src_sha256_hash
-	// from 3.
+	// from 3 (VerityMinorVersion when the client computes the tree).
 	DeltaMinorVersion = 4
 	// DefaultPartition is the partition name kiln gives the USR slot.
 	DefaultPartition = "usr"
@@ -197,7 +203,7 @@ type Verity struct {
 	DataBlocks uint64 // 4 KiB data blocks from the partition's start
 	HashOffset int64  // byte offset of the superblock; a multiple of BlockSize
 	TreeBlocks uint64 // blocks of the levels, after the superblock block
-	Salt       []byte
+	Salt       []byte // recorded with VerityTreeByClient; else in the superblock
 	RootHash   []byte // 32 bytes
 }
 

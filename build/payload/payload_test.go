@@ -233,27 +233,35 @@ func TestVerityAndVersionsRoundTrip(t *testing.T) {
 	oldImg, oldMap := buildImage(oldFiles, 8<<20, 1)
 	newImg, newMap := buildImage(newFiles, 8<<20, 2)
 	v := &Verity{DataBlocks: 1500, HashOffset: 1600 * BlockSize, TreeBlocks: 13, Salt: []byte("salt"), RootHash: bytes.Repeat([]byte{7}, 32)}
-	plan := mustPlan(t, Config{
-		Old:        &Image{R: bytes.NewReader(oldImg), Size: int64(len(oldImg)), Map: oldMap},
-		New:        Image{R: bytes.NewReader(newImg), Size: int64(len(newImg)), Map: newMap},
-		OldVersion: "1.0.0", NewVersion: "1.1.0", Verity: v,
-	})
-	defer plan.Close()
-	data := mustWrite(t, plan)
-	p, err := Open(bytes.NewReader(data), int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	part := p.Partitions[0]
-	if part.OldVersion != "1.0.0" || part.Version != "1.1.0" {
-		t.Errorf("versions %q -> %q", part.OldVersion, part.Version)
-	}
-	if g := part.Verity; g == nil || g.DataBlocks != v.DataBlocks || g.HashOffset != v.HashOffset || g.TreeBlocks != v.TreeBlocks ||
-		!bytes.Equal(g.Salt, v.Salt) || !bytes.Equal(g.RootHash, v.RootHash) {
-		t.Errorf("verity %+v, want %+v", part.Verity, v)
-	}
-	s := Inspect(context.Background(), p, nil)
-	if s.Partitions[0].OldVersion != "1.0.0" || s.Partitions[0].VerityRoot != strings.Repeat("07", 32) {
-		t.Errorf("inspect %+v", s.Partitions[0])
+	for _, mode := range []VerityTree{VerityTreeInPayload, VerityTreeByClient} {
+		plan := mustPlan(t, Config{
+			Old:        &Image{R: bytes.NewReader(oldImg), Size: int64(len(oldImg)), Map: oldMap},
+			New:        Image{R: bytes.NewReader(newImg), Size: int64(len(newImg)), Map: newMap},
+			OldVersion: "1.0.0", NewVersion: "1.1.0", Verity: v, VerityTree: mode,
+		})
+		data := mustWrite(t, plan)
+		plan.Close()
+		p, err := Open(bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		part := p.Partitions[0]
+		if part.OldVersion != "1.0.0" || part.Version != "1.1.0" {
+			t.Errorf("versions %q -> %q", part.OldVersion, part.Version)
+		}
+		// The salt is upstream's field, recorded when the client computes
+		// the tree; a carried tree has it in its superblock.
+		salt := v.Salt
+		if mode == VerityTreeInPayload {
+			salt = nil
+		}
+		if g := part.Verity; g == nil || part.VerityTree != mode || g.DataBlocks != v.DataBlocks || g.HashOffset != v.HashOffset || g.TreeBlocks != v.TreeBlocks ||
+			!bytes.Equal(g.Salt, salt) || !bytes.Equal(g.RootHash, v.RootHash) {
+			t.Errorf("tree %v: verity %+v (%v), want %+v", mode, part.Verity, part.VerityTree, v)
+		}
+		s := Inspect(context.Background(), p, nil)
+		if s.Partitions[0].OldVersion != "1.0.0" || s.Partitions[0].VerityRoot != strings.Repeat("07", 32) || s.Partitions[0].VerityTree != mode.String() {
+			t.Errorf("tree %v: inspect %+v", mode, s.Partitions[0])
+		}
 	}
 }

@@ -35,7 +35,11 @@ type Config struct {
 	NewVersion string // release version of New, for anti-rollback (required)
 	// Verity, when set, describes New's dm-verity tree; it is recorded so
 	// that Apply can check the tree it wrote.
-	Verity      *Verity
+	Verity *Verity
+	// VerityTree says whether the tree's blocks are in the payload (the
+	// default) or left for the client to compute (a delta of minor version
+	// VerityMinorVersion).
+	VerityTree  VerityTree
 	Compression Compression
 	// Workers is how many operations are generated at once (default: all
 	// cores).
@@ -65,10 +69,11 @@ const (
 )
 
 // treeBlocks returns the block range of the verity tree's levels (after
-// the superblock block), which the payload does not carry.
+// the superblock block) when the client computes them: then no operation
+// writes them.
 func (c *Config) treeBlocks() (lo, hi uint32, ok bool) {
 	v := c.Verity
-	if v == nil {
+	if v == nil || c.VerityTree != VerityTreeByClient {
 		return 0, 0, false
 	}
 	lo = uint32(v.HashOffset/BlockSize) + 1
@@ -89,6 +94,14 @@ func (c *Config) Validate() error {
 			v.TreeBlocks == 0 || uint64(v.HashOffset/BlockSize)+1+v.TreeBlocks > blocks || len(v.RootHash) != 32 {
 			return fmt.Errorf("payload: config: verity tree (%d data blocks, superblock at %d, %d tree blocks) does not fit the %d-block new image", v.DataBlocks, v.HashOffset, v.TreeBlocks, blocks)
 		}
+	}
+	switch {
+	case c.VerityTree > VerityTreeByClient:
+		return fmt.Errorf("payload: config: unknown verity tree mode %v", c.VerityTree)
+	case c.VerityTree == VerityTreeByClient && c.Verity == nil:
+		return errors.New("payload: config: verity tree by client without a verity tree")
+	case c.VerityTree == VerityTreeByClient && c.Old == nil:
+		return fmt.Errorf("payload: config: verity tree by client needs minor version %d, and a full payload is minor version %d: carry the tree in the payload", VerityMinorVersion, FullMinorVersion)
 	}
 	if c.Old != nil {
 		if c.Old.R == nil {
@@ -133,10 +146,13 @@ func validateImage(which string, img *Image) error {
 // the new partition exactly once. Operation data lives in a spool file
 // until Close.
 type Plan struct {
-	Partition    string
-	Version      string // new release version
-	OldVersion   string
-	Verity       *Verity
+	Partition  string
+	Version    string // new release version
+	OldVersion string
+	Verity     *Verity
+	// VerityTree says whether operations write the verity tree or the
+	// client computes it.
+	VerityTree   VerityTree
 	MinorVersion uint32
 	Old          *PartitionInfo // nil for a full payload
 	New          PartitionInfo
@@ -147,14 +163,11 @@ type Plan struct {
 
 // Op is one planned operation.
 type Op struct {
-	Type     OpType
-	Src, Dst []Extent
-	// SrcLength and DstLength are the byte lengths of a SOURCE_BSDIFF's
-	// old and new input.
-	SrcLength, DstLength uint64
-	SrcHash              []byte // SHA-256 of the source blocks (SOURCE ops)
-	DataHash             []byte // SHA-256 of the data blob
-	DataLength           int64
+	Type       OpType
+	Src, Dst   []Extent // a SOURCE_BSDIFF's old and new input are its whole extents
+	SrcHash    []byte   // SHA-256 of the source blocks (SOURCE ops)
+	DataHash   []byte   // SHA-256 of the data blob
+	DataLength int64
 
 	spoolOff int64
 }
@@ -216,6 +229,7 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 		Version:      cfg.NewVersion,
 		OldVersion:   cfg.OldVersion,
 		Verity:       cfg.Verity,
+		VerityTree:   cfg.VerityTree,
 		MinorVersion: FullMinorVersion,
 		New:          PartitionInfo{Size: cfg.New.Size, Hash: newH.sum},
 	}
@@ -225,6 +239,9 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 			return nil, fmt.Errorf("payload: hashing old image: %w", err)
 		}
 		p.MinorVersion = DeltaMinorVersion
+		if cfg.VerityTree == VerityTreeByClient {
+			p.MinorVersion = VerityMinorVersion
+		}
 		p.Old = &PartitionInfo{Size: cfg.Old.Size, Hash: oldH.sum}
 	}
 	pl := planner{cfg: &cfg, newH: newH, oldH: oldH, nBlocks: uint32(cfg.New.Size / BlockSize)}
@@ -255,7 +272,7 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 		data += op.DataLength
 	}
 	if p.MinorVersion != FullMinorVersion && data > math.MaxUint32 {
-		p.MinorVersion = 6
+		p.MinorVersion = max(p.MinorVersion, 6)
 	}
 	return p, nil
 }
@@ -728,8 +745,7 @@ func (pl *planner) generate(j job) (Op, []byte, error) {
 		}
 		if len(patch) < len(data) {
 			sum := sha256.Sum256(oldData)
-			op = Op{Type: OpSourceBsdiff, Src: extents(j.src), Dst: op.Dst,
-				SrcLength: uint64(len(oldData)), DstLength: uint64(len(newData)), SrcHash: sum[:]}
+			op = Op{Type: OpSourceBsdiff, Src: extents(j.src), Dst: op.Dst, SrcHash: sum[:]}
 			data = patch
 		}
 	}

@@ -41,11 +41,13 @@ type Partition struct {
 	Version string
 	// OldVersion is a delta's source release version ("" when not recorded).
 	OldVersion string
-	// Verity is the new partition's hash tree, when recorded.
-	Verity *Verity
-	Old    *PartitionInfo // nil in a full payload
-	New    PartitionInfo
-	Ops    []*um.InstallOperation
+	// Verity is the new partition's hash tree, when recorded; VerityTree
+	// says whether the operations write it or the client computes it.
+	Verity     *Verity
+	VerityTree VerityTree
+	Old        *PartitionInfo // nil in a full payload
+	New        PartitionInfo
+	Ops        []*um.InstallOperation
 }
 
 // Full reports whether the payload is a full payload (minor version 0).
@@ -171,10 +173,13 @@ func (p *Payload) validate() error {
 		}
 		newBlocks := ni.GetSize() / BlockSize
 		part.OldVersion = pu.GetKilnOldVersion()
-		if v, err := verityOf(pu, newBlocks); err != nil {
+		if v, mode, err := verityOf(pu, newBlocks); err != nil {
 			return formatErr(-1, "%s: %v", where, err)
 		} else {
-			part.Verity = v
+			part.Verity, part.VerityTree = v, mode
+		}
+		if part.VerityTree == VerityTreeByClient && minor < VerityMinorVersion {
+			return formatErr(-1, "%s: hash_tree_* fields need minor version %d, payload is minor version %d", where, VerityMinorVersion, minor)
 		}
 		var dsts []Extent
 		for oi, op := range pu.Operations {
@@ -186,12 +191,22 @@ func (p *Payload) validate() error {
 			if _, ok := opNames[t]; !ok || t == OpMove || t == OpBsdiff {
 				return formatErr(-1, "%s: unknown or retired operation type %d", where, op.GetType())
 			}
-			if t.readsSource() && full {
-				return formatErr(-1, "%s: %v in a full payload", where, t)
-			}
-			if t == OpZero || t == OpDiscard {
+			if !opAllowed(t, minor) {
 				if full {
-					return formatErr(-1, "%s: %v needs minor version 4, payload is full", where, t)
+					return formatErr(-1, "%s: %v in a full payload", where, t)
+				}
+				return formatErr(-1, "%s: %v needs minor version %d, payload is minor version %d", where, t, opMinMinor[t], minor)
+			}
+			if t == OpSourceBsdiff {
+				// update_engine's generator sets both lengths below
+				// NoBsdiffLengthsMinorVersion and neither from it on; its
+				// checker holds payloads to that.
+				has := op.SrcLength != nil || op.DstLength != nil
+				if minor >= NoBsdiffLengthsMinorVersion && has {
+					return formatErr(-1, "%s: SOURCE_BSDIFF with src_length/dst_length at minor version %d (allowed below %d)", where, minor, NoBsdiffLengthsMinorVersion)
+				}
+				if minor < NoBsdiffLengthsMinorVersion && (op.SrcLength == nil || op.DstLength == nil) {
+					return formatErr(-1, "%s: SOURCE_BSDIFF without src_length and dst_length at minor version %d", where, minor)
 				}
 			}
 			if len(op.DstExtents) == 0 {
@@ -212,7 +227,7 @@ func (p *Payload) validate() error {
 				if srcBlocks, err = checkExtents(op.SrcExtents, oldBlocks); err != nil {
 					return formatErr(-1, "%s: source %v", where, err)
 				}
-				if h := op.GetSrcSha256Hash(); (h != nil || minor >= 3) && len(h) != sha256.Size {
+				if h := op.GetSrcSha256Hash(); (h != nil || minor >= SourceHashMinorVersion) && len(h) != sha256.Size {
 					return formatErr(-1, "%s: source hash of %d bytes, want 32", where, len(h))
 				}
 			} else if len(op.SrcExtents) > 0 {
@@ -402,31 +417,43 @@ func (p *Payload) Verify(ctx context.Context, v Verifier) error {
 	return nil
 }
 
-// verityOf reads and bounds-checks a partition's hash-tree fields: the data
-// extent starts at block 0, the tree follows the superblock block, both lie
-// inside the new partition and do not overlap.
-func verityOf(pu *um.PartitionUpdate, newBlocks uint64) (*Verity, error) {
-	d, h := pu.GetHashTreeDataExtent(), pu.GetHashTreeExtent()
+// verityOf reads and bounds-checks a partition's hash-tree fields, either
+// upstream's hash_tree_* (the client computes the tree) or kiln's
+// kiln_hash_tree_* (the operations write it), never both: the data extent
+// starts at block 0, the tree follows the superblock block, both lie inside
+// the new partition and do not overlap.
+func verityOf(pu *um.PartitionUpdate, newBlocks uint64) (*Verity, VerityTree, error) {
+	upstream := pu.HashTreeDataExtent != nil || pu.HashTreeExtent != nil || pu.HashTreeAlgorithm != nil || pu.HashTreeSalt != nil
+	kiln := pu.KilnHashTreeDataExtent != nil || pu.KilnHashTreeExtent != nil
+	if upstream && kiln {
+		return nil, 0, fmt.Errorf("both hash_tree_* and kiln_hash_tree_* fields")
+	}
+	mode := VerityTreeInPayload
+	d, h := pu.GetKilnHashTreeDataExtent(), pu.GetKilnHashTreeExtent()
+	if upstream {
+		mode = VerityTreeByClient
+		d, h = pu.GetHashTreeDataExtent(), pu.GetHashTreeExtent()
+		if alg := pu.GetHashTreeAlgorithm(); alg != "sha256" {
+			return nil, 0, fmt.Errorf("hash tree algorithm %q, only sha256", alg)
+		}
+		if len(pu.GetHashTreeSalt()) > 256 {
+			return nil, 0, fmt.Errorf("hash tree salt of %d bytes", len(pu.GetHashTreeSalt()))
+		}
+	}
 	if d == nil && h == nil && pu.KilnVerityRootHash == nil {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if d == nil || h == nil || len(pu.GetKilnVerityRootHash()) != sha256.Size {
-		return nil, fmt.Errorf("incomplete hash tree fields (need both extents and a 32-byte root hash)")
-	}
-	if alg := pu.GetHashTreeAlgorithm(); alg != "sha256" {
-		return nil, fmt.Errorf("hash tree algorithm %q, only sha256", alg)
-	}
-	if len(pu.GetHashTreeSalt()) > 256 {
-		return nil, fmt.Errorf("hash tree salt of %d bytes", len(pu.GetHashTreeSalt()))
+		return nil, 0, fmt.Errorf("incomplete hash tree fields (need both extents and a 32-byte root hash)")
 	}
 	data, tree := d.GetNumBlocks(), h.GetNumBlocks()
 	if d.GetStartBlock() != 0 || data == 0 || data >= newBlocks {
-		return nil, fmt.Errorf("hash tree data extent [%d,+%d) must start at block 0 and end inside %d blocks", d.GetStartBlock(), data, newBlocks)
+		return nil, 0, fmt.Errorf("hash tree data extent [%d,+%d) must start at block 0 and end inside %d blocks", d.GetStartBlock(), data, newBlocks)
 	}
 	start := h.GetStartBlock()
 	if start < data+1 || start > newBlocks || tree == 0 || tree > newBlocks-start {
-		return nil, fmt.Errorf("hash tree extent [%d,+%d) must follow the data and its superblock block inside %d blocks", start, tree, newBlocks)
+		return nil, 0, fmt.Errorf("hash tree extent [%d,+%d) must follow the data and its superblock block inside %d blocks", start, tree, newBlocks)
 	}
 	return &Verity{DataBlocks: data, HashOffset: int64(start-1) * BlockSize, TreeBlocks: tree,
-		Salt: pu.GetHashTreeSalt(), RootHash: pu.GetKilnVerityRootHash()}, nil
+		Salt: pu.GetHashTreeSalt(), RootHash: pu.GetKilnVerityRootHash()}, mode, nil
 }

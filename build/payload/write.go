@@ -108,10 +108,17 @@ func manifestOf(plan *Plan) (*um.DeltaArchiveManifest, int64) {
 		}
 	}
 	if v := plan.Verity; v != nil {
-		pu.HashTreeDataExtent = &um.Extent{StartBlock: proto.Uint64(0), NumBlocks: proto.Uint64(v.DataBlocks)}
-		pu.HashTreeExtent = &um.Extent{StartBlock: proto.Uint64(uint64(v.HashOffset/BlockSize) + 1), NumBlocks: proto.Uint64(v.TreeBlocks)}
-		pu.HashTreeAlgorithm = proto.String("sha256")
-		pu.HashTreeSalt = v.Salt
+		data := &um.Extent{StartBlock: proto.Uint64(0), NumBlocks: proto.Uint64(v.DataBlocks)}
+		tree := &um.Extent{StartBlock: proto.Uint64(uint64(v.HashOffset/BlockSize) + 1), NumBlocks: proto.Uint64(v.TreeBlocks)}
+		if plan.VerityTree == VerityTreeByClient {
+			// Upstream's fields (minor version >= 6): the client computes the tree.
+			pu.HashTreeDataExtent, pu.HashTreeExtent = data, tree
+			pu.HashTreeAlgorithm = proto.String("sha256")
+			pu.HashTreeSalt = v.Salt
+		} else {
+			// The operations write the tree; kiln's fields say where it is.
+			pu.KilnHashTreeDataExtent, pu.KilnHashTreeExtent = data, tree
+		}
 		pu.KilnVerityRootHash = v.RootHash
 	}
 	var off int64
@@ -130,10 +137,8 @@ func manifestOf(plan *Plan) (*um.DeltaArchiveManifest, int64) {
 		if op.SrcHash != nil {
 			o.SrcSha256Hash = op.SrcHash
 		}
-		if op.Type == OpSourceBsdiff {
-			o.SrcLength = proto.Uint64(op.SrcLength)
-			o.DstLength = proto.Uint64(op.DstLength)
-		}
+		// src_length and dst_length: kiln writes minor versions of at
+		// least NoBsdiffLengthsMinorVersion, where they must be absent.
 		pu.Operations = append(pu.Operations, o)
 	}
 	return &um.DeltaArchiveManifest{

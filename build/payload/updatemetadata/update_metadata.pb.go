@@ -52,7 +52,7 @@ const (
 	InstallOperation_ZUCCHINI         InstallOperation_Type = 11 // Android, minor >= 8 (ChromiumOS uses 11 for REPLACE_ZSTD)
 	InstallOperation_LZ4DIFF_BSDIFF   InstallOperation_Type = 12
 	InstallOperation_LZ4DIFF_PUFFDIFF InstallOperation_Type = 13
-	InstallOperation_ZSTD             InstallOperation_Type = 14 // Android: attached zstd data
+	InstallOperation_ZSTD             InstallOperation_Type = 14 // attached zstd data: newer and OEM Android builds; unknown to android-12.1
 )
 
 // Enum value maps for InstallOperation_Type.
@@ -402,7 +402,9 @@ type PartitionUpdate struct {
 	Operations       []*InstallOperation    `protobuf:"bytes,8,rep,name=operations" json:"operations,omitempty"`
 	// The new partition's dm-verity hash tree, upstream's fields: the data it
 	// covers, where the tree's levels lie (after veritysetup's superblock
-	// block), the hash and the salt.
+	// block), the hash and the salt. Upstream allows them from minor version 6
+	// on (kVerityMinorPayloadVersion); a client that reads them computes the
+	// tree itself, so no operation writes those blocks.
 	HashTreeDataExtent *Extent `protobuf:"bytes,10,opt,name=hash_tree_data_extent,json=hashTreeDataExtent" json:"hash_tree_data_extent,omitempty"`
 	HashTreeExtent     *Extent `protobuf:"bytes,11,opt,name=hash_tree_extent,json=hashTreeExtent" json:"hash_tree_extent,omitempty"`
 	HashTreeAlgorithm  *string `protobuf:"bytes,12,opt,name=hash_tree_algorithm,json=hashTreeAlgorithm" json:"hash_tree_algorithm,omitempty"`
@@ -416,8 +418,13 @@ type PartitionUpdate struct {
 	// anti-rollback compares with the new one.
 	KilnVerityRootHash []byte  `protobuf:"bytes,1000,opt,name=kiln_verity_root_hash,json=kilnVerityRootHash" json:"kiln_verity_root_hash,omitempty"`
 	KilnOldVersion     *string `protobuf:"bytes,1001,opt,name=kiln_old_version,json=kilnOldVersion" json:"kiln_old_version,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Where the dm-verity tree lies when the payload's operations write it
+	// (below minor version 6, or by choice): the same meaning as
+	// hash_tree_data_extent and hash_tree_extent, which must then be absent.
+	KilnHashTreeDataExtent *Extent `protobuf:"bytes,1002,opt,name=kiln_hash_tree_data_extent,json=kilnHashTreeDataExtent" json:"kiln_hash_tree_data_extent,omitempty"`
+	KilnHashTreeExtent     *Extent `protobuf:"bytes,1003,opt,name=kiln_hash_tree_extent,json=kilnHashTreeExtent" json:"kiln_hash_tree_extent,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *PartitionUpdate) Reset() {
@@ -525,6 +532,20 @@ func (x *PartitionUpdate) GetKilnOldVersion() string {
 		return *x.KilnOldVersion
 	}
 	return ""
+}
+
+func (x *PartitionUpdate) GetKilnHashTreeDataExtent() *Extent {
+	if x != nil {
+		return x.KilnHashTreeDataExtent
+	}
+	return nil
+}
+
+func (x *PartitionUpdate) GetKilnHashTreeExtent() *Extent {
+	if x != nil {
+		return x.KilnHashTreeExtent
+	}
+	return nil
 }
 
 type DeltaArchiveManifest struct {
@@ -740,7 +761,7 @@ const file_update_metadata_proto_rawDesc = "" +
 	"\bZUCCHINI\x10\v\x12\x12\n" +
 	"\x0eLZ4DIFF_BSDIFF\x10\f\x12\x14\n" +
 	"\x10LZ4DIFF_PUFFDIFF\x10\r\x12\b\n" +
-	"\x04ZSTD\x10\x0e\"\x89\x05\n" +
+	"\x04ZSTD\x10\x0e\"\xb4\x06\n" +
 	"\x0fPartitionUpdate\x12%\n" +
 	"\x0epartition_name\x18\x01 \x01(\tR\rpartitionName\x12P\n" +
 	"\x12old_partition_info\x18\x06 \x01(\v2\".kiln.updatemetadata.PartitionInfoR\x10oldPartitionInfo\x12P\n" +
@@ -755,7 +776,9 @@ const file_update_metadata_proto_rawDesc = "" +
 	"\x0ehash_tree_salt\x18\r \x01(\fR\fhashTreeSalt\x12\x18\n" +
 	"\aversion\x18\x11 \x01(\tR\aversion\x122\n" +
 	"\x15kiln_verity_root_hash\x18\xe8\a \x01(\fR\x12kilnVerityRootHash\x12)\n" +
-	"\x10kiln_old_version\x18\xe9\a \x01(\tR\x0ekilnOldVersion\"\xa4\x02\n" +
+	"\x10kiln_old_version\x18\xe9\a \x01(\tR\x0ekilnOldVersion\x12X\n" +
+	"\x1akiln_hash_tree_data_extent\x18\xea\a \x01(\v2\x1b.kiln.updatemetadata.ExtentR\x16kilnHashTreeDataExtent\x12O\n" +
+	"\x15kiln_hash_tree_extent\x18\xeb\a \x01(\v2\x1b.kiln.updatemetadata.ExtentR\x12kilnHashTreeExtent\"\xa4\x02\n" +
 	"\x14DeltaArchiveManifest\x12#\n" +
 	"\n" +
 	"block_size\x18\x03 \x01(\r:\x044096R\tblockSize\x12+\n" +
@@ -801,12 +824,14 @@ var file_update_metadata_proto_depIdxs = []int32{
 	4,  // 6: kiln.updatemetadata.PartitionUpdate.operations:type_name -> kiln.updatemetadata.InstallOperation
 	1,  // 7: kiln.updatemetadata.PartitionUpdate.hash_tree_data_extent:type_name -> kiln.updatemetadata.Extent
 	1,  // 8: kiln.updatemetadata.PartitionUpdate.hash_tree_extent:type_name -> kiln.updatemetadata.Extent
-	5,  // 9: kiln.updatemetadata.DeltaArchiveManifest.partitions:type_name -> kiln.updatemetadata.PartitionUpdate
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	1,  // 9: kiln.updatemetadata.PartitionUpdate.kiln_hash_tree_data_extent:type_name -> kiln.updatemetadata.Extent
+	1,  // 10: kiln.updatemetadata.PartitionUpdate.kiln_hash_tree_extent:type_name -> kiln.updatemetadata.Extent
+	5,  // 11: kiln.updatemetadata.DeltaArchiveManifest.partitions:type_name -> kiln.updatemetadata.PartitionUpdate
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_update_metadata_proto_init() }
