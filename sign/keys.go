@@ -29,16 +29,25 @@ const (
 	ECDSAP256 KeyType = iota + 1
 	Ed25519
 	RSA3072
+	// RSA2048 is the key update_engine's payload checks expect (256-byte
+	// signatures).
+	RSA2048
+	RSA4096
 )
 
 var keyTypeNames = map[KeyType]string{
 	ECDSAP256: "ecdsa-p256",
 	Ed25519:   "ed25519",
+	RSA2048:   "rsa-2048",
 	RSA3072:   "rsa-3072",
+	RSA4096:   "rsa-4096",
 }
 
+// rsaBits is the modulus size of each RSA key type.
+var rsaBits = map[KeyType]int{RSA2048: 2048, RSA3072: 3072, RSA4096: 4096}
+
 // KeyTypes lists the key types in the order help text shows them.
-var KeyTypes = []KeyType{ECDSAP256, Ed25519, RSA3072}
+var KeyTypes = []KeyType{ECDSAP256, Ed25519, RSA2048, RSA3072, RSA4096}
 
 func (t KeyType) String() string {
 	if n, ok := keyTypeNames[t]; ok {
@@ -48,7 +57,7 @@ func (t KeyType) String() string {
 }
 
 // ParseKeyType returns the key type named s ("ecdsa-p256", "ed25519",
-// "rsa-3072").
+// "rsa-2048", "rsa-3072", "rsa-4096").
 func ParseKeyType(s string) (KeyType, error) {
 	for t, n := range keyTypeNames {
 		if strings.EqualFold(s, n) {
@@ -74,16 +83,15 @@ const (
 )
 
 const (
-	minRSABits            = 2048
-	maxRSABits            = 8192
-	rsaBitsForKeyType3072 = 3072
-	maxKeyFileSize        = 1 << 20
-	keyFileMode           = 0o600
-	publicKeyFileMode     = 0o644
-	privateKeySuffix      = ".key"
-	publicKeySuffix       = ".pub"
-	signatureSuffix       = ".sig"
-	fingerprintPrefix     = "SHA256:"
+	minRSABits        = 2048
+	maxRSABits        = 8192
+	maxKeyFileSize    = 1 << 20
+	keyFileMode       = 0o600
+	publicKeyFileMode = 0o644
+	privateKeySuffix  = ".key"
+	publicKeySuffix   = ".pub"
+	signatureSuffix   = ".sig"
+	fingerprintPrefix = "SHA256:"
 )
 
 // KeyPair is a PEM-encoded key pair as keygen writes it.
@@ -106,8 +114,8 @@ func GenerateKey(t KeyType, passphrase []byte) (*KeyPair, error) {
 		priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	case Ed25519:
 		_, priv, err = ed25519.GenerateKey(rand.Reader)
-	case RSA3072:
-		priv, err = rsa.GenerateKey(rand.Reader, rsaBitsForKeyType3072)
+	case RSA2048, RSA3072, RSA4096:
+		priv, err = rsa.GenerateKey(rand.Reader, rsaBits[t])
 	default:
 		return nil, fmt.Errorf("%w: %v", ErrUnsupportedKey, t)
 	}

@@ -415,7 +415,7 @@ func TestOpenSSLKeys(t *testing.T) {
 	}{
 		{encKey, func() ([]byte, error) { return []byte("hunter2"), nil }, ECDSAP256},
 		{ecKey, nil, ECDSAP256},
-		{rsa1, nil, RSA3072},
+		{rsa1, nil, RSA2048},
 	} {
 		s, err := LoadSigner(ctx, c.path, c.pf)
 		if err != nil {
@@ -541,7 +541,8 @@ func TestWriteKeyPairRefusesOverwrite(t *testing.T) {
 
 func TestFingerprintAndAlgorithm(t *testing.T) {
 	dir := t.TempDir()
-	want := map[KeyType]string{ECDSAP256: "ecdsa-p256-sha256", Ed25519: "ed25519", RSA3072: "rsa-3072-pkcs1v15-sha256"}
+	want := map[KeyType]string{ECDSAP256: "ecdsa-p256-sha256", Ed25519: "ed25519", RSA2048: "rsa-2048-pkcs1v15-sha256",
+		RSA3072: "rsa-3072-pkcs1v15-sha256", RSA4096: "rsa-4096-pkcs1v15-sha256"}
 	for _, kt := range KeyTypes {
 		k := newKey(t, kt, dir, kt.String())
 		pub, err := k.verifier.PublicKey()
