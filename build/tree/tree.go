@@ -10,6 +10,7 @@ package tree
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -65,6 +66,198 @@ var (
 // MaxNameLen is the longest name a directory entry may have, in bytes.
 const MaxNameLen = 255
 
+// Limits of Linux itself, whatever the filesystem: a writer that stored
+// more could not have it read back as it is (see CheckLinux).
+const (
+	// MaxSymlinkLen is the longest symlink target readlink returns whole
+	// (PATH_MAX - 1).
+	MaxSymlinkLen = 4095
+	// MaxXattrNameLen is the longest extended attribute name, namespace
+	// included, that getxattr accepts (XATTR_NAME_MAX).
+	MaxXattrNameLen = 255
+	// MaxXattrValueLen is the largest value getxattr returns
+	// (XATTR_SIZE_MAX).
+	MaxXattrValueLen = 65536
+	// MaxXattrListLen is the most bytes listxattr returns for one inode:
+	// every name with its NUL (XATTR_LIST_MAX).
+	MaxXattrListLen = 65536
+	// MaxDevMajor and MaxDevMinor bound a device number (the kernel's
+	// dev_t: 12 bits of major, 20 of minor).
+	MaxDevMajor = 1<<12 - 1
+	MaxDevMinor = 1<<20 - 1
+	// NoID is (uid_t)-1: Linux reads it as "no owner" and shows 65534.
+	NoID = 1<<32 - 1
+)
+
+// Extended attribute names of POSIX ACLs, whose values are in the
+// kernel's xattr form: a little-endian u32 version 2, then 8-byte entries
+// {u16 tag, u16 perm, u32 id} (see ACLEntry).
+const (
+	ACLAccess  = "system.posix_acl_access"
+	ACLDefault = "system.posix_acl_default"
+)
+
+// ErrLinux means a value cannot be stored so that Linux reads it back as
+// it is, on any filesystem.
+var ErrLinux = errors.New("tree: Linux cannot read this back as it is")
+
+// ACL entry tags (e_tag).
+const (
+	ACLUserObj  = 0x01
+	ACLUser     = 0x02
+	ACLGroupObj = 0x04
+	ACLGroup    = 0x08
+	ACLMask     = 0x10
+	ACLOther    = 0x20
+)
+
+// ACLEntry is one entry of a POSIX ACL. ID is NoID for the entries that
+// name no user or group.
+type ACLEntry struct {
+	Tag  uint16
+	Perm uint16 // 4 read, 2 write, 1 execute
+	ID   uint32
+}
+
+// EncodeACL returns the kernel's xattr form of an ACL.
+func EncodeACL(entries []ACLEntry) []byte {
+	b := binary.LittleEndian.AppendUint32(make([]byte, 0, 4+8*len(entries)), 2)
+	for _, e := range entries {
+		b = binary.LittleEndian.AppendUint16(b, e.Tag)
+		b = binary.LittleEndian.AppendUint16(b, e.Perm)
+		b = binary.LittleEndian.AppendUint32(b, e.ID)
+	}
+	return b
+}
+
+// DecodeACL parses the kernel's xattr form of an ACL and checks it as the
+// kernel does (posix_acl_valid): one owner, owning group and other entry,
+// named users then named groups in between, a mask exactly when there is
+// a named entry, permissions within rwx; and no name twice.
+func DecodeACL(v []byte) ([]ACLEntry, error) {
+	le := binary.LittleEndian
+	if len(v) < 4 || (len(v)-4)%8 != 0 || le.Uint32(v) != 2 {
+		return nil, errors.New("not a version 2 POSIX ACL")
+	}
+	var out []ACLEntry
+	state, named := ACLUserObj, false
+	ids := map[[2]uint32]bool{}
+	for e := v[4:]; len(e) > 0; e = e[8:] {
+		a := ACLEntry{Tag: le.Uint16(e), Perm: le.Uint16(e[2:]), ID: le.Uint32(e[4:])}
+		if a.Perm&^7 != 0 {
+			return nil, fmt.Errorf("ACL entry %d: permissions %#o beyond rwx", len(out), a.Perm)
+		}
+		bad := false
+		switch a.Tag {
+		case ACLUserObj:
+			bad, state = state != ACLUserObj, ACLUser
+		case ACLUser, ACLGroup:
+			want := ACLUser
+			if a.Tag == ACLGroup {
+				want = ACLGroup
+			}
+			bad = state != want || a.ID == NoID || ids[[2]uint32{uint32(a.Tag), a.ID}]
+			ids[[2]uint32{uint32(a.Tag), a.ID}] = true
+			named = true
+		case ACLGroupObj:
+			bad, state = state != ACLUser, ACLGroup
+		case ACLMask:
+			bad, state = state != ACLGroup, ACLOther
+		case ACLOther:
+			bad = !(state == ACLOther || state == ACLGroup && !named)
+			state = 0
+		default:
+			bad = true
+		}
+		if bad {
+			return nil, fmt.Errorf("ACL entry %d (tag %#x, id %d) out of place, repeated or unknown", len(out), a.Tag, a.ID)
+		}
+		out = append(out, a)
+	}
+	if state != 0 {
+		return nil, errors.New("ACL incomplete (owner, group, mask when needed, other)")
+	}
+	return out, nil
+}
+
+// CheckLinux reports the first value of n that no Linux filesystem gives
+// back as it is: an owner of (uid_t)-1, a device number beyond dev_t, a
+// symlink target that is empty, longer than MaxSymlinkLen or holds a NUL
+// (readlink stops there), an extended attribute outside the namespaces
+// Linux shows (user., trusted., security., the two POSIX ACLs), with a
+// name or value over the limits, a user. attribute on an inode that is
+// neither a regular file nor a directory (getxattr says ENODATA), a
+// default ACL on a non-directory, an ACL the kernel would reject, or
+// names listxattr cannot return at once. The error wraps ErrLinux and
+// names the field; callers add the path.
+func CheckLinux(n *Inode) error {
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrLinux}, args...)...)
+	}
+	if n.UID == NoID || n.GID == NoID {
+		return fail("owner %d:%d: %d is (uid_t)-1, which Linux reads as no owner", n.UID, n.GID, uint32(NoID))
+	}
+	switch n.Type {
+	case CharDevice, BlockDevice:
+		if n.Major > MaxDevMajor || n.Minor > MaxDevMinor {
+			return fail("device number %d:%d beyond Linux's (major at most %d, minor at most %d)", n.Major, n.Minor, MaxDevMajor, MaxDevMinor)
+		}
+	case Symlink:
+		switch {
+		case n.Target == "":
+			return fail("symlink target is empty")
+		case len(n.Target) > MaxSymlinkLen:
+			return fail("symlink target of %d bytes, readlink returns at most %d", len(n.Target), MaxSymlinkLen)
+		case strings.IndexByte(n.Target, 0) >= 0:
+			return fail("symlink target %q holds a NUL byte", n.Target)
+		}
+	}
+	list := 0
+	for _, x := range n.Xattrs {
+		if err := checkXattr(n.Type, x); err != nil {
+			return fail("xattr %q: %v", x.Name, err)
+		}
+		list += len(x.Name) + 1
+	}
+	if list > MaxXattrListLen {
+		return fail("xattr names take %d bytes, listxattr returns at most %d", list, MaxXattrListLen)
+	}
+	return nil
+}
+
+func checkXattr(t Type, x Xattr) error {
+	switch {
+	case len(x.Name) > MaxXattrNameLen:
+		return fmt.Errorf("name of %d bytes, the most is %d", len(x.Name), MaxXattrNameLen)
+	case strings.IndexByte(x.Name, 0) >= 0:
+		return errors.New("name holds a NUL byte")
+	case len(x.Value) > MaxXattrValueLen:
+		return fmt.Errorf("value of %d bytes, the most is %d", len(x.Value), MaxXattrValueLen)
+	}
+	switch x.Name {
+	case ACLAccess, ACLDefault:
+		if x.Name == ACLDefault && t != Dir {
+			return fmt.Errorf("a default ACL on a %v (only directories have one)", t)
+		}
+		if _, err := DecodeACL(x.Value); err != nil {
+			return err
+		}
+		return nil
+	}
+	for _, ns := range []string{"user.", "trusted.", "security."} {
+		if suffix, ok := strings.CutPrefix(x.Name, ns); ok {
+			if suffix == "" {
+				return errors.New("empty name after the namespace")
+			}
+			if ns == "user." && t != Regular && t != Dir {
+				return fmt.Errorf("user. attribute on a %v: Linux keeps those for files and directories only", t)
+			}
+			return nil
+		}
+	}
+	return errors.New("namespace Linux does not show (want user., trusted., security. or a POSIX ACL)")
+}
+
 // Content is where a regular file's bytes come from. Open may be called
 // more than once (a writer may read a file twice, or from several
 // goroutines); each call returns an independent reader from byte 0.
@@ -81,11 +274,13 @@ type Xattr struct {
 // Inode is a file's metadata and content. Several entries may point at the
 // same Inode (hard links); writers detect that by pointer identity.
 type Inode struct {
-	Type  Type
-	Perm  uint16 // permission bits including setuid, setgid and sticky (07777)
-	UID   uint32
-	GID   uint32
-	Mtime time.Time // nanosecond precision is kept
+	Type Type
+	Perm uint16 // permission bits including setuid, setgid and sticky (07777)
+	UID  uint32
+	GID  uint32
+	// Mtime is kept to the nanosecond. The zero Time means unset: writers
+	// store their Options.Mtime (the build's SOURCE_DATE_EPOCH).
+	Mtime time.Time
 	// Xattrs are sorted by Name (see SetXattr).
 	Xattrs []Xattr
 

@@ -5,17 +5,18 @@ import (
 	"io"
 	"path"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/kiln-os/kiln/build/tree"
 )
 
 // Reserved inode numbers.
 const (
-	rootIno       = 2
-	journalIno    = 8
-	firstIno      = 11 // first non-reserved inode; lost+found takes it
-	maxLinks      = 65000
-	maxSymlinkLen = BlockSize - 1
+	rootIno    = 2
+	journalIno = 8
+	firstIno   = 11 // first non-reserved inode; lost+found takes it
+	maxLinks   = 65000
 )
 
 // node is one inode of the image: where it comes from and, after the
@@ -23,9 +24,10 @@ const (
 type node struct {
 	in      *tree.Inode
 	ino     uint32
-	links   uint32 // names; for directories 2 + subdirectories
-	parent  uint32 // directories: the inode ".." names
-	path    string // first name, for errors
+	links   uint32    // names; for directories 2 + subdirectories
+	parent  uint32    // directories: the inode ".." names
+	path    string    // first name, for errors
+	mtime   time.Time // the time stored: the inode's, or Options.Mtime when it has none
 	paths   []string
 	visited bool
 	entries []tree.Entry // directories: entries as written (root may gain lost+found)
@@ -95,18 +97,29 @@ func (b *builder) collect() error {
 		if n == nil {
 			continue
 		}
+		p := displayPath(n.path)
 		if n.in.Type != tree.Dir && n.links > maxLinks {
-			return fmt.Errorf("%s: %w: %d names", n.path, ErrTooManyLinks, n.links)
+			return fmt.Errorf("%s: %w: %d names", p, ErrTooManyLinks, n.links)
 		}
 		if n.in.Type == tree.Dir && n.links > maxLinks {
 			n.links = 1 // dir_nlink: the count no longer fits
 		}
+		if err := tree.CheckLinux(n.in); err != nil {
+			return fmt.Errorf("%s: %w: %w", p, ErrTree, err)
+		}
+		n.mtime = n.in.Mtime
+		if n.mtime.IsZero() {
+			n.mtime = b.defaultMtime()
+		}
+		if err := checkTime(n.mtime); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
 		if err := b.prepareXattrs(n); err != nil {
-			return fmt.Errorf("%s: %w", n.path, err)
+			return fmt.Errorf("%s: %w", p, err)
 		}
 		if n.in.Type == tree.Dir {
 			if err := b.buildDir(n); err != nil {
-				return fmt.Errorf("%s: %w", n.path, err)
+				return fmt.Errorf("%s: %w", p, err)
 			}
 		}
 	}
@@ -119,7 +132,8 @@ func (b *builder) visit(d *node, dpath string) error {
 		if e.Inode == nil {
 			return fmt.Errorf("%w: %s: nil inode", ErrTree, path.Join(dpath, e.Name))
 		}
-		if len(e.Name) == 0 || len(e.Name) > tree.MaxNameLen || e.Name == "." || e.Name == ".." {
+		if len(e.Name) == 0 || len(e.Name) > tree.MaxNameLen || e.Name == "." || e.Name == ".." ||
+			strings.ContainsAny(e.Name, "/\x00") {
 			return fmt.Errorf("%w: bad name %q in %q", ErrTree, e.Name, "/"+dpath)
 		}
 		p := e.Name
@@ -140,9 +154,6 @@ func (b *builder) visit(d *node, dpath string) error {
 		}
 		if n.path == "" {
 			n.path = p
-		}
-		if t := e.Inode.Target; e.Inode.Type == tree.Symlink && (len(t) == 0 || len(t) > maxSymlinkLen) {
-			return fmt.Errorf("%w: %s: symlink target of %d bytes", ErrTree, p, len(t))
 		}
 		if e.Inode.Type == tree.Dir {
 			if n.visited || n.parent != 0 {
@@ -192,6 +203,23 @@ var modeType = map[tree.Type]uint16{
 	tree.FIFO:        0x1000,
 	tree.Socket:      0xC000,
 	tree.Symlink:     0xA000,
+}
+
+// defaultMtime is the time of inodes whose tree time is zero (unset):
+// Options.Mtime, or 1970 when that is unset too.
+func (b *builder) defaultMtime() time.Time {
+	if b.opts.Mtime.IsZero() {
+		return time.Unix(0, 0)
+	}
+	return b.opts.Mtime
+}
+
+// displayPath names the root "/" in errors.
+func displayPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	return p
 }
 
 // fastSymlink reports whether a symlink's target fits in i_block.

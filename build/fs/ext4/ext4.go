@@ -52,8 +52,11 @@ type Options struct {
 	HashSeed [16]byte
 	// Label is the volume label, at most 16 bytes.
 	Label string
-	// Mtime is stored as the superblock's creation, write and check times
-	// and as the time of a lost+found directory the writer adds.
+	// Mtime is stored as the superblock's creation, write and check times,
+	// as the time of a lost+found directory the writer adds and of inodes
+	// whose tree Mtime is the zero Time (unset). Inode times are stored
+	// with their nanoseconds from 1901-12-13 to 2446-05-10; a time outside
+	// that range is an error (ErrTree).
 	Mtime time.Time
 	// Sparse leaves all-zero blocks of regular files unallocated (holes),
 	// as mkfs.ext4 -d does. The block map then lists allocated extents

@@ -2,6 +2,7 @@ package ext4
 
 import (
 	"encoding/binary"
+	"fmt"
 	"time"
 
 	"github.com/kiln-os/kiln/build/tree"
@@ -13,24 +14,30 @@ const (
 	flagExtents = 0x80000 // i_block holds an extent tree
 )
 
-// Time limits of the inode encoding: 32 signed bits plus two epoch bits.
+// Time limits of the inode encoding: a signed 32-bit seconds field plus
+// two epoch bits in the extra field that add multiples of 2^32, so from
+// 1901-12-13T20:45:52Z to 2446-05-10T22:38:55Z.
 const (
 	minInodeTime = -1 << 31
-	maxInodeTime = 1<<34 + 1<<31 - 1
+	maxInodeTime = 3<<32 + 1<<31 - 1
 )
 
-// inodeTime encodes t as the seconds field and the extra field (epoch
-// bits and nanoseconds).
+// checkTime refuses a time the inode encoding cannot hold.
+func checkTime(t time.Time) error {
+	if s := t.Unix(); s < minInodeTime || s > maxInodeTime {
+		return fmt.Errorf("%w: mtime %s outside ext4's range (%s to %s)", ErrTree, t.UTC().Format(time.RFC3339Nano),
+			time.Unix(minInodeTime, 0).UTC().Format(time.RFC3339), time.Unix(maxInodeTime, 0).UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// inodeTime encodes t, within the range checkTime allows, as the seconds
+// field and the extra field (epoch bits and nanoseconds), as the kernel's
+// ext4_encode_extra_time does.
 func inodeTime(t time.Time) (lo, extra uint32) {
 	sec := t.Unix()
-	ns := uint32(t.Nanosecond())
-	if sec < minInodeTime {
-		sec, ns = minInodeTime, 0
-	} else if sec > maxInodeTime {
-		sec, ns = maxInodeTime, 999999999
-	}
 	epoch := uint32((sec-int64(int32(sec)))>>32) & 3
-	return uint32(sec), ns<<2 | epoch
+	return uint32(sec), uint32(t.Nanosecond())<<2 | epoch
 }
 
 // extentTree builds the extent tree of ext over blocks (leaves first, as
@@ -109,7 +116,7 @@ func encodeInode(buf []byte, n *node, root *[60]byte) {
 	le.PutUint32(buf[0x04:], uint32(size))
 	le.PutUint32(buf[0x6C:], uint32(size>>32))
 
-	lo, extra := inodeTime(in.Mtime)
+	lo, extra := inodeTime(n.mtime)
 	for _, off := range [4]int{0x08, 0x0C, 0x10, 0x90} { // atime, ctime, mtime, crtime
 		le.PutUint32(buf[off:], lo)
 	}
@@ -131,6 +138,8 @@ func encodeInode(buf []byte, n *node, root *[60]byte) {
 	iblock := buf[0x28 : 0x28+60]
 	switch {
 	case in.Type == tree.CharDevice || in.Type == tree.BlockDevice:
+		// Old encoding when both fit a byte, else the new one (12 bits of
+		// major, 20 of minor: collect refused anything larger).
 		if in.Major < 256 && in.Minor < 256 {
 			le.PutUint32(iblock[0:], in.Major<<8|in.Minor)
 		} else {

@@ -328,7 +328,7 @@ func (b *builder) plan(g geometry, final bool) (*layout, error) {
 	// (2) journal
 	b.nodes[journalIno] = nil
 	if g.journal > 0 {
-		jn := &node{ino: journalIno, links: 1, in: &tree.Inode{Type: tree.Regular, Perm: 0o600,
+		jn := &node{ino: journalIno, links: 1, mtime: b.defaultMtime(), in: &tree.Inode{Type: tree.Regular, Perm: 0o600,
 			Mtime: b.opts.Mtime, Size: int64(g.journal) * BlockSize}}
 		if jn.ext, err = a.extents(g.journal, true, nil); err != nil {
 			return nil, err

@@ -33,19 +33,19 @@ type xattrBlock struct {
 	blk  uint64
 }
 
-// prefixes maps name prefixes to on-disk name indexes. Longer prefixes of
-// one namespace come first.
+// prefixes maps name prefixes to on-disk name indexes: the namespaces
+// the kernel's ext4 shows. The POSIX ACLs are whole names. Other system.
+// names (index 7 holds system.data, inline data the kernel never lists)
+// and richacl (8, never in mainline Linux) are refused.
 var prefixes = []struct {
 	prefix string
 	index  uint8
 }{
 	{"system.posix_acl_access", 2},
 	{"system.posix_acl_default", 3},
-	{"system.richacl", 8},
 	{"user.", 1},
 	{"trusted.", 4},
 	{"security.", 6},
-	{"system.", 7},
 }
 
 func pad4(n int) int { return (n + 3) &^ 3 }
@@ -119,7 +119,7 @@ func toDisk(full string, value []byte) (xattr, error) {
 		x := xattr{index: p.index, name: full[len(p.prefix):], value: value}
 		if p.index == 2 || p.index == 3 {
 			if x.name != "" {
-				continue // e.g. system.posix_acl_accessX: a plain system. name
+				break // e.g. system.posix_acl_accessX
 			}
 			v, err := aclToDisk(value)
 			if err != nil {

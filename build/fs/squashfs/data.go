@@ -284,7 +284,15 @@ func (r *fileReader) file(f *fileRec, candidate bool) error {
 	p := r.p
 	size := f.inode.Size
 	if size == 0 {
-		return nil
+		if f.inode.Content == nil {
+			return nil
+		}
+		rc, err := open(f)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		return checkEnd(f, rc)
 	}
 	nblocks, tail := size/int64(p.bs), int(size%int64(p.bs))
 	var tailData []byte // the tail end, when already read
@@ -321,6 +329,14 @@ func (r *fileReader) file(f *fileRec, candidate bool) error {
 			if err := readFull(f, rc, tailData); err != nil {
 				return err
 			}
+		} else if tail > 0 {
+			// The tail was read by hashBlocks; skip it here.
+			if _, err := io.CopyN(io.Discard, rc, int64(tail)); err != nil {
+				return fmt.Errorf("%w: %s (%d bytes)", ErrShortContent, f.paths[0], size)
+			}
+		}
+		if err := checkEnd(f, rc); err != nil {
+			return err
 		}
 	}
 	if tail == 0 {
@@ -364,6 +380,9 @@ func (r *fileReader) hashBlocks(f *fileRec, nblocks int64, tail []byte) ([sha256
 	if err := readFull(f, rc, tail); err != nil {
 		return sum, err
 	}
+	if err := checkEnd(f, rc); err != nil {
+		return sum, err
+	}
 	h.Sum(sum[:0])
 	return sum, nil
 }
@@ -386,6 +405,20 @@ func readFull(f *fileRec, r io.Reader, buf []byte) error {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("%w: %s (%d bytes)", ErrShortContent, f.paths[0], f.inode.Size)
 		}
+		return fmt.Errorf("squashfs: reading %s: %w", f.paths[0], err)
+	}
+	return nil
+}
+
+// checkEnd refuses content that goes on past the file's size (a file that
+// grew while it was read): the image would silently hold a prefix.
+func checkEnd(f *fileRec, r io.Reader) error {
+	var one [1]byte
+	n, err := io.ReadFull(r, one[:])
+	if n > 0 {
+		return fmt.Errorf("%w: %s: more than its %d bytes", ErrLongContent, f.paths[0], f.inode.Size)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("squashfs: reading %s: %w", f.paths[0], err)
 	}
 	return nil

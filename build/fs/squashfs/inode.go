@@ -35,7 +35,7 @@ const extended = typeExtDir - typeDir
 const (
 	noXattr     = 0xffffffff // SQUASHFS_INVALID_XATTR
 	maxDirCount = 256        // entries under one directory header
-	maxIDs      = 1 << 16    // uid/gid indices are 16 bits
+	maxIDs      = 1<<16 - 1  // the superblock's id count is 16 bits
 )
 
 var basicType = map[tree.Type]uint16{
@@ -79,6 +79,7 @@ type metadata struct {
 // inode refers to is therefore written before it.
 type metaBuilder struct {
 	p                    *planned
+	mtime                time.Time // for inodes whose Mtime is zero (unset)
 	bs                   int
 	inodes, dirs, xattrs *metaWriter
 	md                   *metadata
@@ -96,6 +97,7 @@ func buildMetadata(p *planned, o Options) (*metadata, error) {
 	}
 	b := &metaBuilder{
 		p:          p,
+		mtime:      o.Mtime,
 		bs:         o.BlockSize,
 		inodes:     newMetaWriter(c),
 		dirs:       newMetaWriter(c),
@@ -381,17 +383,29 @@ func (b *metaBuilder) header(buf []byte, typ uint16, n *tree.Inode) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
+	mtime := n.Mtime
+	if mtime.IsZero() {
+		mtime = b.mtime
+	}
+	var sec int64
+	if !mtime.IsZero() {
+		sec = mtime.Unix()
+	}
+	if sec < 0 || sec > math.MaxUint32 {
+		return nil, fmt.Errorf("%w: %s", ErrTime, mtime.UTC().Format(time.RFC3339Nano))
+	}
 	le := binary.LittleEndian
 	buf = le.AppendUint16(buf, typ)
 	buf = le.AppendUint16(buf, n.Perm&0o7777)
 	buf = le.AppendUint16(buf, uid)
 	buf = le.AppendUint16(buf, gid)
-	buf = le.AppendUint32(buf, unixTime(n.Mtime))
+	buf = le.AppendUint32(buf, uint32(sec)) // whole seconds
 	buf = le.AppendUint32(buf, b.p.num[n])
 	return buf, nil
 }
 
-// unixTime returns t in seconds, clamped to the unsigned 32-bit range.
+// unixTime returns t in seconds, clamped to the unsigned 32-bit range
+// (the superblock's mkfs_time).
 func unixTime(t time.Time) uint32 {
 	s := t.Unix()
 	if t.IsZero() || s < 0 {
@@ -406,7 +420,7 @@ func (b *metaBuilder) id(v uint32) (uint16, error) {
 		return i, nil
 	}
 	if len(b.md.ids) >= maxIDs {
-		return 0, ErrTooManyIDs
+		return 0, fmt.Errorf("%w: %d is one more", ErrTooManyIDs, v)
 	}
 	i := uint16(len(b.md.ids))
 	b.idIndex[v] = i

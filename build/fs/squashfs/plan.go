@@ -71,6 +71,9 @@ func plan(t *tree.Tree) (*planned, error) {
 		num:   map[*tree.Inode]uint32{},
 		dirs:  map[*tree.Inode]bool{t.Root: true},
 	}
+	if err := tree.CheckLinux(t.Root); err != nil {
+		return nil, fmt.Errorf("%w: /: %w", ErrInode, err)
+	}
 	if err := p.walk(t.Root, ""); err != nil {
 		return nil, err
 	}
@@ -93,6 +96,11 @@ func (p *planned) walk(dir *tree.Inode, path string) error {
 		n := e.Inode
 		if n == nil {
 			return fmt.Errorf("%w: %q: nil inode", ErrInodeType, cp)
+		}
+		if !p.dirs[n] && p.recs[n] == nil && p.links[n] == 0 { // first name
+			if err := tree.CheckLinux(n); err != nil {
+				return fmt.Errorf("%w: %s: %w", ErrInode, cp, err)
+			}
 		}
 		switch n.Type {
 		case tree.Dir:

@@ -44,10 +44,13 @@ var (
 	ErrLevel        = errors.New("squashfs: compression level out of range")
 	ErrWorkers      = errors.New("squashfs: negative worker count")
 	ErrNilTree      = errors.New("squashfs: tree has no root directory")
-	ErrTooManyIDs   = errors.New("squashfs: more than 65536 distinct uids and gids")
-	ErrXattrName    = errors.New("squashfs: xattr namespace not supported (only user., trusted., security.)")
+	ErrTooManyIDs   = errors.New("squashfs: more than 65535 distinct uids and gids")
+	ErrXattrName    = errors.New("squashfs: xattr namespace not supported (only user., trusted., security.; squashfs has no POSIX ACLs)")
 	ErrDevice       = errors.New("squashfs: device number out of range (major < 4096, minor < 1048576)")
 	ErrShortContent = errors.New("squashfs: file content shorter than its size")
+	ErrLongContent  = errors.New("squashfs: file content longer than its size")
+	ErrTime         = errors.New("squashfs: mtime outside the unsigned 32-bit seconds squashfs stores (1970-01-01 to 2106-02-07)")
+	ErrInode        = errors.New("squashfs: inode cannot be stored as it is")
 	ErrName         = errors.New("squashfs: invalid directory entry name")
 	ErrDirLink      = errors.New("squashfs: directory reachable by more than one name")
 	ErrInodeType    = errors.New("squashfs: unknown inode type")
@@ -107,7 +110,10 @@ type Options struct {
 	BlockSize int
 	// Mtime is stored as the superblock's mkfs_time (seconds, clamped to
 	// the unsigned 32-bit range). The caller fixes it (SOURCE_DATE_EPOCH);
-	// the zero Time stores 0.
+	// the zero Time stores 0. It is also the time of inodes whose tree
+	// Mtime is the zero Time (unset). Inode times are whole seconds from
+	// 1970 to 2106: squashfs has no field for fractions, and a time
+	// outside that range is an error (ErrTime).
 	Mtime time.Time
 	// Workers is the number of compressing goroutines; 0 uses
 	// runtime.GOMAXPROCS(0). The output does not depend on it.

@@ -253,7 +253,11 @@ func TestErrors(t *testing.T) {
 	}
 	acl := tree.New(testMtime)
 	n := &tree.Inode{Type: tree.Regular, Perm: 0o644}
-	n.SetXattr("system.posix_acl_access", []byte{2, 0, 0, 0})
+	// user::rw- user:1000:r-- group::r-- mask::r-- other::r--: an ACL
+	// Linux accepts, which squashfs has no place for.
+	n.SetXattr(tree.ACLAccess, tree.EncodeACL([]tree.ACLEntry{{Tag: tree.ACLUserObj, Perm: 6, ID: tree.NoID},
+		{Tag: tree.ACLUser, Perm: 4, ID: 1000}, {Tag: tree.ACLGroupObj, Perm: 4, ID: tree.NoID},
+		{Tag: tree.ACLMask, Perm: 4, ID: tree.NoID}, {Tag: tree.ACLOther, Perm: 4, ID: tree.NoID}}))
 	if err := acl.Put("f", n); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +278,7 @@ func TestErrors(t *testing.T) {
 		{"level", tree.New(testMtime), Options{Compression: Gzip, Level: 12}, ErrLevel},
 		{"compression", tree.New(testMtime), Options{Compression: 9}, ErrCompression},
 		{"nil tree", &tree.Tree{}, Options{}, ErrNilTree},
-		{"device", dev, Options{}, ErrDevice},
+		{"device", dev, Options{}, tree.ErrLinux},
 		{"xattr namespace", acl, Options{}, ErrXattrName},
 		{"short content", short, Options{}, ErrShortContent},
 		{"directory twice", loop, Options{}, ErrDirLink},
