@@ -8,9 +8,24 @@ OUT     ?= out
 TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          e2fsck:e2fsprogs debugfs:e2fsprogs unsquashfs:squashfs-tools mksquashfs:squashfs-tools \
          veritysetup:cryptsetup-bin openssl:openssl umoci:umoci tar:tar \
-         bsdiff:bsdiff bspatch:bsdiff bzip2:bzip2
+         bsdiff:bsdiff bspatch:bsdiff bzip2:bzip2 protoc:protobuf-compiler
 
-.PHONY: build demo test deps bench clean
+# update_engine's payload checker, paycheck.py, that test/paycheck_test.go
+# runs on kiln's payloads: AOSP platform/system/update_engine as of the
+# android-12.1 release, fetched once into the cache (never into the
+# repository). The pin is on content: the scripts/ tree and the
+# update_metadata.proto blob must have these git object ids (those of
+# commit e7ba2a80e50c, the sc-v2-release (Android 12.1) snapshot).
+# Its protobuf module is regenerated from the .proto with Debian's protoc so
+# that it matches Debian's python3-protobuf.
+UPDATE_ENGINE_GIT   ?= https://android.googlesource.com/platform/system/update_engine
+UPDATE_ENGINE_REF   ?= refs/tags/android-12.1.0_r1
+UPDATE_ENGINE_TREE  := 552df1d635aabfdeb0bb739c5adec93dd731fd63
+UPDATE_ENGINE_PROTO := 93e4e2e1a2bccfcdd1e2e9e870bbe94e5fe2a774
+KILN_CACHE          ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kiln
+PAYCHECK_DIR        := $(KILN_CACHE)/update_engine-$(UPDATE_ENGINE_TREE)
+
+.PHONY: build demo test deps bench clean paycheck
 
 build: bin/kiln
 
@@ -35,6 +50,24 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@/usr/bin/python3 -c 'import google.protobuf' 2>/dev/null || { echo "installing: python3-protobuf"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-protobuf >/dev/null; }
+	@$(MAKE) --no-print-directory paycheck
+
+# paycheck: update_engine's scripts/ in $(PAYCHECK_DIR), checked against the pin.
+paycheck:
+	@if [ ! -f $(PAYCHECK_DIR)/.complete ]; then \
+	  echo "fetching update_engine $(UPDATE_ENGINE_REF) from $(UPDATE_ENGINE_GIT)"; \
+	  tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  git -C "$$tmp" init -q && git -C "$$tmp" fetch -q --depth 1 "$(UPDATE_ENGINE_GIT)" "$(UPDATE_ENGINE_REF)" && \
+	  tree=$$(git -C "$$tmp" rev-parse FETCH_HEAD:scripts) && proto=$$(git -C "$$tmp" rev-parse FETCH_HEAD:update_metadata.proto) && \
+	  if [ "$$tree" != $(UPDATE_ENGINE_TREE) ] || [ "$$proto" != $(UPDATE_ENGINE_PROTO) ]; then \
+	    echo "update_engine $(UPDATE_ENGINE_REF): scripts/ $$tree, update_metadata.proto $$proto; want $(UPDATE_ENGINE_TREE), $(UPDATE_ENGINE_PROTO)" >&2; exit 1; fi && \
+	  rm -rf $(PAYCHECK_DIR) && mkdir -p $(PAYCHECK_DIR) && \
+	  git -C "$$tmp" archive FETCH_HEAD scripts update_metadata.proto | tar -x -C $(PAYCHECK_DIR) && \
+	  protoc -I $(PAYCHECK_DIR) --python_out=$(PAYCHECK_DIR)/scripts/update_payload $(PAYCHECK_DIR)/update_metadata.proto && \
+	  touch $(PAYCHECK_DIR)/.complete; \
+	fi
 
 # Parsers of untrusted input, fuzzed briefly on every run (seeded from
 # what kiln's writers produce).
@@ -43,7 +76,7 @@ FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity
 FUZZTIME ?= 8s
 
 test: deps
-	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 ./...
+	KILN_PAYCHECK=$(PAYCHECK_DIR)/scripts/paycheck.py PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 ./...
 	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f#*:}; \
 	  echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
 	  $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/kiln-fuzz.log 2>&1 || { cat /tmp/kiln-fuzz.log; exit 1; }; tail -n 1 /tmp/kiln-fuzz.log; \

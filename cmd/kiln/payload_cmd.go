@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -24,23 +26,54 @@ func newPayloadCommand(g *globals) *cobra.Command {
 }
 
 func newPayloadGenerateCommand(g *globals) *cobra.Command {
-	var to, from, out, key, compression string
+	var to, from, out, key, compression, clientName string
 	var allowDowngrade bool
+	clientNames := make([]string, len(payload.Clients))
+	for i, c := range payload.Clients {
+		clientNames[i] = c.String()
+	}
 	c := &cobra.Command{
-		Use:   "generate --to OUTDIR_N1 [--from OUTDIR_N] -o FILE --key KEYREF",
+		Use:   "generate --to OUTDIR_N1 [--from OUTDIR_N] -o FILE --key KEYREF [--client " + strings.Join(clientNames, "|") + "]",
 		Short: "Make a signed full payload, or a delta from one build output to the next",
-		Args:  cobra.NoArgs,
+		Long: "Make a signed full payload, or a delta from one build output to the next, that the chosen\n" +
+			"client family applies (see kiln payload inspect for which families apply a payload):\n" +
+			clientHelp() +
+			"The default, android-12, is what update_engine's reference checker (paycheck.py, android-12.1)\n" +
+			"accepts: REPLACE_XZ, SOURCE_COPY, SOURCE_BSDIFF and ZERO operations, the verity tree in the\n" +
+			"payload, minor version 0 (full) or 4 (delta), and a 256-byte RSA-2048 signature (kiln keygen\n" +
+			"--type rsa-2048). ZSTD operations (--compression zstd or auto) need android-zstd or kiln.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if to == "" || out == "" || key == "" {
 				return usageError(errors.New("payload generate: --to, -o and --key are required"))
+			}
+			client, err := payload.ParseClient(clientName)
+			if err != nil {
+				return usageError(fmt.Errorf("--client: %w", err))
+			}
+			if compression == "" {
+				compression = payload.CompressionXZ.String()
+				if client.CheckConfig(&payload.Config{Compression: payload.CompressionZstd}) == nil {
+					compression = payload.CompressionZstd.String() // as small, several times faster
+				}
 			}
 			comp, err := payload.ParseCompression(compression)
 			if err != nil {
 				return usageError(fmt.Errorf("--compression: %w", err))
 			}
+			if err := client.CheckConfig(&payload.Config{Compression: comp}); err != nil {
+				return usageError(fmt.Errorf("--compression %s for --client %s: %w", comp, client, err))
+			}
 			signer, err := sign.LoadSigner(cmd.Context(), key, keyPassphrase)
 			if err != nil {
 				return keyError(fmt.Errorf("--key %s: %w", key, err))
+			}
+			pub, err := signer.PublicKey()
+			if err != nil {
+				return keyError(fmt.Errorf("--key %s: %w", key, err))
+			}
+			if err := client.CheckKey(pub); err != nil {
+				return usageError(fmt.Errorf("--key %s for --client %s: %w: make one with `kiln keygen --type rsa-2048`, or choose --client kiln", key, client, err))
 			}
 			o := update.GenerateOptions{Out: out, Signer: signer, Compression: comp, AllowDowngrade: allowDowngrade, Log: g.logger()}
 			if o.To, err = update.OpenRelease(to); err != nil {
@@ -55,6 +88,12 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return failed(fmt.Errorf("payload generate: %w", err))
 			}
+			// What was written is checked as a client would see it.
+			sum, err := checkWritten(cmd.Context(), out, client)
+			if err != nil {
+				os.Remove(out)
+				return failed(fmt.Errorf("payload generate: %w", err))
+			}
 			st, err := os.Stat(out)
 			if err != nil {
 				return err
@@ -63,23 +102,32 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 			if plan.Old != nil {
 				kind = "delta"
 			}
+			var clients []string
+			for _, c := range sum.Clients {
+				if c.Applies {
+					clients = append(clients, c.Client)
+				}
+			}
 			if g.json {
-				return g.printJSON(map[string]any{"payload": out, "kind": kind,
-					"version": plan.Version, "old_version": plan.OldVersion, "size": st.Size(), "operations": len(plan.Ops)})
+				return g.printJSON(map[string]any{"payload": out, "kind": kind, "minor_version": plan.MinorVersion,
+					"version": plan.Version, "old_version": plan.OldVersion, "size": st.Size(), "operations": len(plan.Ops),
+					"compression": comp.String(), "clients": clients})
 			}
 			from := ""
 			if plan.Old != nil {
 				from = " from " + plan.OldVersion
 			}
-			fmt.Fprintf(g.env.Stdout, "%s: %s payload of %s%s, %d operations, %s\n", out, kind, plan.Version, from, len(plan.Ops), layout.HumanSize(st.Size()))
+			fmt.Fprintf(g.env.Stdout, "%s: %s payload of %s%s, minor version %d, %d operations (%s), %s; applies with %s\n",
+				out, kind, plan.Version, from, plan.MinorVersion, len(plan.Ops), comp, layout.HumanSize(st.Size()), strings.Join(clients, ", "))
 			return nil
 		},
 	}
 	c.Flags().StringVar(&to, "to", "", "build output of the release to install")
 	c.Flags().StringVar(&from, "from", "", "build output of the installed release (a delta); none: a full payload")
 	c.Flags().StringVarP(&out, "output", "o", "", "payload file to write")
-	c.Flags().StringVar(&key, "key", "", "signing key: PEM file, env://VAR or KMS URI (RSA for update_engine clients)")
-	c.Flags().StringVar(&compression, "compression", "auto", "auto (smaller of xz and zstd), xz, zstd or none")
+	c.Flags().StringVar(&key, "key", "", "signing key: PEM file, env://VAR or KMS URI (RSA-2048 for update_engine clients)")
+	c.Flags().StringVar(&clientName, "client", payload.ClientAndroid12.String(), "client family that must apply the payload: "+strings.Join(clientNames, ", "))
+	c.Flags().StringVar(&compression, "compression", "", "xz, zstd, auto (smaller of xz and zstd) or none (default: zstd when the client reads it, else xz)")
 	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "allow --to to be older than --from")
 	return c
 }
@@ -130,6 +178,37 @@ func newPayloadInspectCommand(g *globals) *cobra.Command {
 	return c
 }
 
+// clientHelp lists the client families, one a line.
+func clientHelp() string {
+	var b strings.Builder
+	for _, c := range payload.Clients {
+		fmt.Fprintf(&b, "  %-13s %s\n", c, c.Description())
+	}
+	return b.String()
+}
+
+// checkWritten opens a payload just written and makes sure the chosen
+// client family applies it.
+func checkWritten(ctx context.Context, path string, client payload.Client) (payload.Summary, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return payload.Summary{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return payload.Summary{}, err
+	}
+	p, err := payload.Open(f, st.Size())
+	if err != nil {
+		return payload.Summary{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := client.Check(payload.FeaturesOf(p)); err != nil {
+		return payload.Summary{}, fmt.Errorf("%s: %s clients cannot apply it: %w", path, client, err)
+	}
+	return payload.Inspect(ctx, p, nil), nil
+}
+
 func printSummary(g *globals, name string, s payload.Summary) {
 	w := g.env.Stdout
 	fmt.Fprintf(w, "%s: %s payload, CrAU major %d minor %d, block size %d, %s (metadata %d bytes)\n",
@@ -146,7 +225,11 @@ func printSummary(g *globals, name string, s payload.Summary) {
 		}
 		fmt.Fprintf(w, "  new: %d bytes, sha256 %s\n", p.NewSize, p.NewHash)
 		if p.VerityRoot != "" {
-			fmt.Fprintf(w, "  verity root: %s\n", p.VerityRoot)
+			how := "written by the payload"
+			if p.VerityTree == payload.VerityTreeByClient.String() {
+				how = "computed by the client (hash_tree_* fields)"
+			}
+			fmt.Fprintf(w, "  verity root: %s, tree %s\n", p.VerityRoot, how)
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "  OPERATION\tCOUNT\tDATA BYTES\tWRITES BYTES\t")
@@ -154,5 +237,13 @@ func printSummary(g *globals, name string, s payload.Summary) {
 			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t\n", o.Type, o.Count, o.DataBytes, o.DstBytes)
 		}
 		tw.Flush()
+	}
+	fmt.Fprintln(w, "clients:")
+	for _, c := range s.Clients {
+		if c.Applies {
+			fmt.Fprintf(w, "  %-13s applies it  (%s)\n", c.Client, c.Description)
+		} else {
+			fmt.Fprintf(w, "  %-13s cannot: %s  (%s)\n", c.Client, c.Why, c.Description)
+		}
 	}
 }

@@ -36,7 +36,8 @@ func newKeygenCommand(g *globals) *cobra.Command {
 		Short: "Create a signing key pair: NAME.key (private) and NAME.pub (public)",
 		Long: "Create a signing key pair: NAME.key (PKCS #8 PEM, mode 0600) and NAME.pub (PKIX PEM).\n" +
 			"When " + passphraseEnv + " is set (even to an empty string), NAME.key is encrypted with it\n" +
-			"in cosign's format (\"ENCRYPTED SIGSTORE PRIVATE KEY\"). Existing files are never overwritten.",
+			"in cosign's format (\"ENCRYPTED SIGSTORE PRIVATE KEY\"). Existing files are never overwritten.\n" +
+			"Payload keys for update_engine clients are rsa-2048 (the 256-byte signatures they check).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
