@@ -348,6 +348,45 @@ type planner struct {
 	nBlocks    uint32
 	kind       []uint8
 	copySrc    []uint32
+
+	// zeroRuns caches the compressed form of n zero blocks: a full payload
+	// of a mostly empty partition compresses the same 2 MiB of zeros
+	// hundreds of times otherwise.
+	zeroMu   sync.Mutex
+	zeroRuns map[int]zeroRun
+}
+
+type zeroRun struct {
+	typ  OpType
+	data []byte
+}
+
+// compressZeros returns the operation type and data for n zero blocks.
+func (pl *planner) compressZeros(n int) (OpType, []byte, error) {
+	pl.zeroMu.Lock()
+	defer pl.zeroMu.Unlock()
+	if z, ok := pl.zeroRuns[n]; ok {
+		return z.typ, z.data, nil
+	}
+	typ, data, err := compress(make([]byte, n*BlockSize), pl.cfg.Compression)
+	if err != nil {
+		return 0, nil, err
+	}
+	if pl.zeroRuns == nil {
+		pl.zeroRuns = map[int]zeroRun{}
+	}
+	pl.zeroRuns[n] = zeroRun{typ, data}
+	return typ, data, nil
+}
+
+// allZero reports whether every listed new block is zero.
+func (pl *planner) allZero(blocks []uint32) bool {
+	for _, b := range blocks {
+		if !pl.newH.zero[b] {
+			return false
+		}
+	}
+	return true
 }
 
 // job generates one operation: the new blocks dst, compressed, or diffed
@@ -725,6 +764,14 @@ func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, e
 
 // generate makes one job's operation and data blob.
 func (pl *planner) generate(j job) (Op, []byte, error) {
+	if j.src == nil && pl.allZero(j.dst) {
+		typ, data, err := pl.compressZeros(len(j.dst))
+		if err != nil {
+			return Op{}, nil, fmt.Errorf("payload: compressing zero blocks %d…: %w", j.dst[0], err)
+		}
+		sum := sha256.Sum256(data)
+		return Op{Type: typ, Dst: extents(j.dst), DataHash: sum[:], DataLength: int64(len(data))}, data, nil
+	}
 	newData, err := readBlocks(pl.cfg.New.R, j.dst)
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: new image: %w", err)
