@@ -25,12 +25,15 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 	var src *manifest.Source
 	if p.Source != "" {
 		kind, rest, _ := strings.Cut(p.Source, ":")
-		var err error
+		budget, err := spoolBudget(r, p)
+		if err != nil {
+			return nil, nil, fail(err)
+		}
 		switch kind {
 		case "dir":
 			t, err = source.FromDir(r.resolve(rest))
 		case "tar":
-			t, err = spool.FromTar(r.resolve(rest), epoch)
+			t, err = spool.FromTar(r.resolve(rest), epoch, budget)
 		default:
 			spec := p.Source
 			if kind == "oci" || kind == "oci-archive" || kind == "docker-archive" {
@@ -38,7 +41,7 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 				spec = kind + ":" + r.resolve(rest)
 			}
 			var img *oci.Image
-			img, err = oci.FromImage(ctx, spool, spec, epoch, log)
+			img, err = oci.FromImage(ctx, spool, spec, oci.Options{Mtime: epoch, Log: log, Budget: budget})
 			if err == nil {
 				t = img.Tree
 				src = &manifest.Source{Partition: p.Label, Ref: p.Source, Digest: img.Digest, Layers: img.Layers}
@@ -76,6 +79,46 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 	}
 	t.ClampTimes(epoch)
 	return t, src, nil
+}
+
+// Spool bounds, as multiples of what a partition can hold: an ext4 or FAT
+// partition never holds more file bytes than its size, but image layers
+// may replace lower layers' files and tar headers take room, so twice
+// that; squashfs compresses, and OS trees shrink 2.5 to 2.9 times with
+// zstd level 3 (mksquashfs on Debian's /usr/share, /usr/lib/x86_64-linux-gnu
+// and /usr/bin), so eight times.
+const (
+	spoolFactor         = 2
+	spoolFactorSquashfs = 8
+)
+
+// spoolBudget bounds what partition p's source may spool (uncompressed
+// tar streams), so a decompression bomb fails at once instead of filling
+// the disk: the partition's filesystem bytes (its fs-size when the layout
+// gives one) times spoolFactor, or spoolFactorSquashfs for squashfs.
+func spoolBudget(r *Recipe, p *PartitionSpec) (*source.Budget, error) {
+	table, err := r.Layout.Plan(r.Size, r.Seed)
+	if err != nil {
+		return nil, err
+	}
+	var size int64
+	for _, e := range table.Partitions {
+		if e.Label == p.Label {
+			size = e.Size()
+		}
+	}
+	if lp := r.Layout.Partition(p.Label); lp != nil && lp.FSSize > 0 {
+		size = min(size, lp.FSSize)
+	}
+	if size <= 0 {
+		return nil, fmt.Errorf("no partition %s in the layout", p.Label)
+	}
+	factor := int64(spoolFactor)
+	if p.Filesystem == "squashfs" {
+		factor = spoolFactorSquashfs
+	}
+	return &source.Budget{Limit: size * factor,
+		For: fmt.Sprintf("partition %s takes %d bytes of %s; a source may spool %d times that", p.Label, size, p.Filesystem, factor)}, nil
 }
 
 // resolve makes a recipe-relative path absolute.

@@ -32,7 +32,7 @@ func TestTarballAndDirAgree(t *testing.T) {
 	}
 	sp, _ := NewSpool(t.TempDir())
 	defer sp.Close()
-	fromTar, err := sp.FromTar(tarball, epoch)
+	fromTar, err := sp.FromTar(tarball, epoch, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

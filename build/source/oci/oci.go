@@ -90,16 +90,30 @@ func policyContext(sys *types.SystemContext, log *slog.Logger) (*signature.Polic
 	return signature.NewPolicyContext(policy)
 }
 
+// Options control FromImage.
+type Options struct {
+	// Mtime is the root directory's time when no layer sets it.
+	Mtime time.Time
+	// Log receives warnings; nil discards them.
+	Log *slog.Logger
+	// Budget bounds what the layers may spool, together (nil: unbounded).
+	Budget *source.Budget
+}
+
 // FromImage reads an image's layers, in order, into a new tree, applying
 // whiteouts and opaque directories. Layers are decompressed into the
 // spool as they are read; nothing is extracted to the host.
-func FromImage(ctx context.Context, s *source.Spool, spec string, mtime time.Time, log *slog.Logger) (*Image, error) {
-	return fromImage(ctx, s, spec, mtime, log, &types.SystemContext{})
+func FromImage(ctx context.Context, s *source.Spool, spec string, o Options) (*Image, error) {
+	return fromImage(ctx, s, spec, o, &types.SystemContext{})
 }
 
 // fromImage is FromImage with the containers/image system context (tests
 // move the system configuration root).
-func fromImage(ctx context.Context, s *source.Spool, spec string, mtime time.Time, log *slog.Logger, sys *types.SystemContext) (*Image, error) {
+func fromImage(ctx context.Context, s *source.Spool, spec string, o Options, sys *types.SystemContext) (*Image, error) {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	ref, err := ParseImageRef(spec)
 	if err != nil {
 		return nil, err
@@ -130,7 +144,7 @@ func fromImage(ctx context.Context, s *source.Spool, spec string, mtime time.Tim
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", spec, err)
 	}
-	out := &Image{Tree: tree.New(mtime), Ref: spec, Digest: digest.String()}
+	out := &Image{Tree: tree.New(o.Mtime), Ref: spec, Digest: digest.String()}
 	for i, layer := range img.LayerInfos() {
 		name := fmt.Sprintf("image %s: layer %d (%s)", spec, i, layer.Digest)
 		rc, _, err := src.GetBlob(ctx, layer, none.NoCache)
@@ -148,7 +162,7 @@ func fromImage(ctx context.Context, s *source.Spool, spec string, mtime time.Tim
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			defer r.Close()
-			if err := s.ApplyTar(out.Tree, r, source.LayerOptions{Name: name, Whiteouts: true}); err != nil {
+			if err := s.ApplyTar(out.Tree, r, source.LayerOptions{Name: name, Whiteouts: true, Budget: o.Budget}); err != nil {
 				return err
 			}
 			if _, err := io.Copy(io.Discard, blob); err != nil {

@@ -71,6 +71,16 @@ func tarBytes(t *testing.T, entries []entry) []byte {
 // list, tagged "v1", and returns its directory.
 func writeOCILayout(t *testing.T, layers ...[]entry) string {
 	t.Helper()
+	var raws [][]byte
+	for _, l := range layers {
+		raws = append(raws, tarBytes(t, l))
+	}
+	return writeOCILayoutRaw(t, raws...)
+}
+
+// writeOCILayoutRaw is writeOCILayout for layers given as tar streams.
+func writeOCILayoutRaw(t *testing.T, raws ...[]byte) string {
+	t.Helper()
 	dir := t.TempDir()
 	blobs := filepath.Join(dir, "blobs", "sha256")
 	os.MkdirAll(blobs, 0o755)
@@ -88,8 +98,7 @@ func writeOCILayout(t *testing.T, layers ...[]entry) string {
 	}
 	var layerDescs []desc
 	var diffIDs []string
-	for _, l := range layers {
-		raw := tarBytes(t, l)
+	for _, raw := range raws {
 		sum := sha256.Sum256(raw)
 		diffIDs = append(diffIDs, "sha256:"+hex.EncodeToString(sum[:]))
 		var gz bytes.Buffer
@@ -129,7 +138,7 @@ func noPolicy(t *testing.T) *types.SystemContext {
 // load reads an image with no signature policy anywhere.
 func load(t *testing.T, sp *source.Spool, spec string) (*Image, error) {
 	t.Helper()
-	return fromImage(context.Background(), sp, spec, epoch, quietLog(), noPolicy(t))
+	return fromImage(context.Background(), sp, spec, Options{Mtime: epoch, Log: quietLog()}, noPolicy(t))
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -321,7 +330,7 @@ func TestSignaturePolicy(t *testing.T) {
 	})
 	t.Run("exported, empty HOME", func(t *testing.T) {
 		noPolicy(t)
-		if _, err := FromImage(context.Background(), sp, spec, epoch, quietLog()); err != nil {
+		if _, err := FromImage(context.Background(), sp, spec, Options{Mtime: epoch, Log: quietLog()}); err != nil {
 			t.Fatalf("FromImage with HOME empty: %v", err)
 		}
 	})
@@ -334,7 +343,7 @@ func TestSignaturePolicy(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(conf, "policy.json"), []byte(`{"default":[{"type":"reject"}]}`), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_, err := fromImage(context.Background(), sp, spec, epoch, quietLog(), sys)
+		_, err := fromImage(context.Background(), sp, spec, Options{Mtime: epoch, Log: quietLog()}, sys)
 		if err == nil || !strings.Contains(err.Error(), "rejected by the signature policy") {
 			t.Fatalf("reject-everything policy: err = %v", err)
 		}
@@ -343,9 +352,61 @@ func TestSignaturePolicy(t *testing.T) {
 		sys := noPolicy(t)
 		missing := filepath.Join(t.TempDir(), "policy.json")
 		t.Setenv("CONTAINERS_POLICY_JSON", missing)
-		_, err := fromImage(context.Background(), sp, spec, epoch, quietLog(), sys)
+		_, err := fromImage(context.Background(), sp, spec, Options{Mtime: epoch, Log: quietLog()}, sys)
 		if err == nil || !strings.Contains(err.Error(), "signature policy") || !strings.Contains(err.Error(), missing) {
 			t.Fatalf("missing $CONTAINERS_POLICY_JSON file: err = %v", err)
 		}
 	})
+}
+
+// TestOCISparseLayer: a layer holding a GNU PAX sparse member (tar
+// --sparse --format=posix) gives the file's content, and the next member
+// its own; the raw stream (data runs, next header, next file) was taken
+// for the content.
+func TestOCISparseLayer(t *testing.T) {
+	src := t.TempDir()
+	f, err := os.Create(filepath.Join(src, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(3 << 20)
+	f.WriteAt([]byte("data in the middle"), 1<<20)
+	f.Close()
+	os.WriteFile(filepath.Join(src, "next"), []byte("next file"), 0o644)
+	out, err := exec.Command("tar", "--sparse", "--format=posix", "-cf", "-", "-C", src, "sparse", "next").Output()
+	if err != nil {
+		t.Fatalf("tar: %v", err)
+	}
+	sp, _ := source.NewSpool(t.TempDir())
+	defer sp.Close()
+	img, err := load(t, sp, "oci:"+writeOCILayoutRaw(t, out)+":v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sparse", "next"} {
+		want, _ := os.ReadFile(filepath.Join(src, name))
+		n, err := img.Tree.Lookup(name)
+		if err != nil || read(t, n) != string(want) {
+			t.Errorf("%s: %v, content equal: %v", name, err, err == nil && read(t, n) == string(want))
+		}
+	}
+}
+
+// TestOCIBudget: the layers of one image share the spool budget: two
+// layers that each fit, but not together, are refused with
+// source.ErrTooLarge naming the layer that crossed it.
+func TestOCIBudget(t *testing.T) {
+	big := strings.Repeat("z", 600<<10)
+	dir := writeOCILayout(t, []entry{{name: "a", typ: tar.TypeReg, body: big}}, []entry{{name: "b", typ: tar.TypeReg, body: big}})
+	sp, _ := source.NewSpool(t.TempDir())
+	defer sp.Close()
+	b := &source.Budget{Limit: 1 << 20, For: "test"}
+	_, err := fromImage(context.Background(), sp, "oci:"+dir+":v1", Options{Mtime: epoch, Budget: b}, noPolicy(t))
+	if !errors.Is(err, source.ErrTooLarge) || !strings.Contains(err.Error(), "layer 1") {
+		t.Fatalf("err = %v, want ErrTooLarge in layer 1", err)
+	}
+	b = &source.Budget{Limit: 2 << 20, For: "test"}
+	if _, err := fromImage(context.Background(), sp, "oci:"+dir+":v1", Options{Mtime: epoch, Budget: b}, noPolicy(t)); err != nil {
+		t.Fatalf("within the budget: %v", err)
+	}
 }
