@@ -8,7 +8,8 @@ OUT     ?= out
 TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          e2fsck:e2fsprogs debugfs:e2fsprogs unsquashfs:squashfs-tools mksquashfs:squashfs-tools \
          veritysetup:cryptsetup-bin openssl:openssl umoci:umoci tar:tar \
-         bsdiff:bsdiff bspatch:bsdiff bzip2:bzip2 protoc:protobuf-compiler
+         bsdiff:bsdiff bspatch:bsdiff bzip2:bzip2 protoc:protobuf-compiler \
+         xz:xz-utils zstd:zstd setfacl:acl getfacl:acl git:git mount:mount
 
 # update_engine's payload checker, paycheck.py, that test/paycheck_test.go
 # runs on kiln's payloads: AOSP platform/system/update_engine as of the
@@ -79,7 +80,7 @@ test: deps
 	KILN_PAYCHECK=$(PAYCHECK_DIR)/scripts/paycheck.py PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 ./...
 	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f#*:}; \
 	  echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
-	  $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/kiln-fuzz.log 2>&1 || { cat /tmp/kiln-fuzz.log; exit 1; }; tail -n 1 /tmp/kiln-fuzz.log; \
+	  log=$$(mktemp -t kiln-fuzz.XXXXXX) || exit 1; $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg >"$$log" 2>&1 || { cat "$$log"; rm -f "$$log"; exit 1; }; tail -n 1 "$$log"; rm -f "$$log"; \
 	done
 
 clean:
