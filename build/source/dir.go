@@ -34,6 +34,9 @@ func FromDir(root string) (*tree.Tree, error) {
 		d.proc = true
 	}
 	fd, err := openDir(root, "")
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return nil, fmt.Errorf("dir source %s: not a directory", root)
+	}
 	if err != nil {
 		return nil, d.fail("", err)
 	}
@@ -269,11 +272,13 @@ func openBeneath(root, rel string, flags int) (int, error) {
 // no longer a regular file.
 type hostFile struct{ root, rel string }
 
-// Open opens the file.
+// Open opens the file. Its errors name the source directory but not the
+// file: the writer that reads it names the file (its path in the tree is
+// its path in the source), and a path of kilobytes is printed once.
 func (h hostFile) Open() (io.ReadCloser, error) {
 	fd, err := openBeneath(h.root, h.rel, unix.O_RDONLY)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s: open: %w", h.root, h.rel, err)
+		return nil, fmt.Errorf("dir source %s: open: %w", h.root, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
@@ -281,7 +286,7 @@ func (h hostFile) Open() (io.ReadCloser, error) {
 		if err == nil {
 			err = errors.New("no longer a regular file")
 		}
-		return nil, fmt.Errorf("%s: %s: %w", h.root, h.rel, err)
+		return nil, fmt.Errorf("dir source %s: %w", h.root, err)
 	}
 	return os.NewFile(uintptr(fd), h.rel), nil
 }

@@ -127,6 +127,9 @@ func (o *Options) validate() error {
 	if len(o.Label) > 16 {
 		return fmt.Errorf("%w: label %q longer than 16 bytes", ErrOptions, o.Label)
 	}
+	if s := o.Mtime.Unix(); !o.Mtime.IsZero() && (s < 0 || s >= 1<<40) {
+		return fmt.Errorf("%w: mtime %v outside the superblock's 1970 to 36812", ErrOptions, o.Mtime.UTC())
+	}
 	if o.Size/BlockSize > maxBlocks {
 		return fmt.Errorf("%w: size %d beyond the 16 TiB of a filesystem without the 64bit feature", ErrOptions, o.Size)
 	}

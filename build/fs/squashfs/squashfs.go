@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"runtime"
 	"time"
 
@@ -108,8 +109,8 @@ type Options struct {
 	// BlockSize is the data block size in bytes: a power of two from 4 KiB
 	// to 1 MiB. Zero means DefaultBlockSize.
 	BlockSize int
-	// Mtime is stored as the superblock's mkfs_time (seconds, clamped to
-	// the unsigned 32-bit range). The caller fixes it (SOURCE_DATE_EPOCH);
+	// Mtime is stored as the superblock's mkfs_time (unsigned 32-bit
+	// seconds; outside that is ErrTime). The caller fixes it (SOURCE_DATE_EPOCH);
 	// the zero Time stores 0. It is also the time of inodes whose tree
 	// Mtime is the zero Time (unset). Inode times are whole seconds from
 	// 1970 to 2106: squashfs has no field for fractions, and a time
@@ -139,6 +140,9 @@ func (o Options) Validate() error {
 	}
 	if o.Workers < 0 {
 		return fmt.Errorf("%w: %d", ErrWorkers, o.Workers)
+	}
+	if s := o.Mtime.Unix(); !o.Mtime.IsZero() && (s < 0 || s > math.MaxUint32) {
+		return fmt.Errorf("%w: mkfs time %s", ErrTime, o.Mtime.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
