@@ -33,7 +33,7 @@ type Manifest struct {
 	// that with the partitions' hashes the manifest covers every byte.
 	Outside    Outside     `json:"outside"`
 	Partitions []Partition `json:"partitions"`
-	Sources         []Source    `json:"sources,omitempty"`
+	Sources    []Source    `json:"sources,omitempty"`
 }
 
 // Partition is one GPT entry of the image and what it holds.

@@ -161,24 +161,37 @@ func Other(t *layout.Table, e *layout.Entry) (*layout.Entry, error) {
 }
 
 // MarkGood records that slot e booted successfully: successful=1,
-// tries=0. It also keeps priorities from climbing towards the ceiling of
-// 15 over many updates: e gets priority 2, and every other slot in the
-// boot order priority 1, so the order is kept and the next update's trial
-// slot gets 3.
+// tries=0. When e is the slot with the highest priority (as after a good
+// trial boot), it also keeps priorities from climbing towards the ceiling
+// of 15 over many updates: e gets priority 2 and every other slot in the
+// boot order priority 1, which keeps the order, so the next update's trial
+// slot gets 3. A slot that outranks e (an update waiting for its trial)
+// keeps its priority, and so does e.
 func MarkGood(t *layout.Table, e *layout.Entry) error {
 	if e.Type != layout.TypeCoreOSUsr {
 		return fmt.Errorf("slot: partition %s is not a USR slot", e.Name())
 	}
-	if e.Slot().Priority == 0 {
+	s := e.Slot()
+	if s.Priority == 0 {
 		return fmt.Errorf("slot: %s has priority 0 (out of the boot order); it cannot have booted", e.Label)
 	}
+	highest := true
 	for _, o := range t.Slots() {
-		if s := o.Slot(); o != e && s.Priority > 0 {
-			s.Priority = 1
-			o.Attributes = s.Attributes(o.Attributes)
+		if o != e && o.Slot().Priority >= s.Priority {
+			highest = false
 		}
 	}
-	e.Attributes = layout.SlotState{Priority: 2, Successful: true}.Attributes(e.Attributes)
+	if highest {
+		for _, o := range t.Slots() {
+			if os := o.Slot(); o != e && os.Priority > 0 {
+				os.Priority = 1
+				o.Attributes = os.Attributes(o.Attributes)
+			}
+		}
+		s.Priority = 2
+	}
+	s.Successful, s.Tries = true, 0
+	e.Attributes = s.Attributes(e.Attributes)
 	return nil
 }
 

@@ -76,4 +76,3 @@ func newPayloadApplyCommand(g *globals) *cobra.Command {
 	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "install a release older than the booted slot's")
 	return c
 }
-
