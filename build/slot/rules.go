@@ -127,11 +127,17 @@ type Roles struct {
 }
 
 // RolesOf returns the roles of every USR slot, in table order, given the
-// booted slot (nil when unknown).
+// booted slot (nil when unknown). The fallback is the successful slot that
+// boots when the slot on trial (booted or next) fails, or, with no slot on
+// trial, the one a rollback would boot.
 func RolesOf(t *layout.Table, booted *layout.Entry) []Roles {
 	next, _, _ := Next(t)
 	current := booted
-	if current == nil {
+	switch {
+	case booted != nil && OnTrial(booted.Slot()):
+	case next != nil && OnTrial(next.Slot()):
+		current = next
+	case current == nil:
 		current = next
 	}
 	var fallback *layout.Entry
