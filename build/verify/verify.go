@@ -167,10 +167,10 @@ type DeployedOptions struct {
 // Deployed verifies a deployed disk: what must not change while it runs.
 // Both GPT copies must be valid and the same (and, given a manifest, lay
 // out the partitions it lists; slot attributes are state and are not
-// compared); every USR slot that holds a release record must carry a
-// valid signature and a whole dm-verity tree matching the record's root
-// hash; a slot in the boot order must hold one. Writable partitions (ESP,
-// OEM, ROOT, an empty slot) are not checked.
+// compared); every USR slot in the boot order (priority above 0) must
+// hold a release record with a valid signature and a whole dm-verity tree
+// matching the record's root hash. Writable partitions (ESP, OEM, ROOT)
+// and slots out of the boot order (empty, being written) are not checked.
 func Deployed(ctx context.Context, path string, o DeployedOptions) (*Report, error) {
 	r := &Report{}
 	d, err := layout.OpenDisk(path)
@@ -202,14 +202,15 @@ func Deployed(ctx context.Context, path string, o DeployedOptions) (*Report, err
 		if ctx.Err() != nil {
 			break
 		}
+		if e.Slot().Priority == 0 {
+			// Out of the boot order: empty, or being written, or given up.
+			r.add("slot "+e.Label, nil, fmt.Sprintf("%s: out of the boot order (priority 0), not checked", e.Label))
+			continue
+		}
 		area := io.NewSectionReader(d.File, e.Offset(), e.Size())
 		rec, err := slot.Read(area, e.Size())
 		if errors.Is(err, slot.ErrNoVerity) || errors.Is(err, slot.ErrNoRecord) {
-			if e.Slot().Priority > 0 {
-				r.add("slot "+e.Label, fmt.Errorf("%s is in the boot order (%s) but holds no release: %v", e.Label, e.Slot(), err), "")
-			} else {
-				r.add("slot "+e.Label, nil, fmt.Sprintf("%s: empty (no release record), out of the boot order", e.Label))
-			}
+			r.add("slot "+e.Label, fmt.Errorf("%s is in the boot order (%s) but holds no release: %v", e.Label, e.Slot(), err), "")
 			continue
 		}
 		if err == nil {

@@ -138,6 +138,12 @@ func changeSlots(g *globals, disk string, change func(*layout.Table, slot.Booted
 		return err
 	}
 	defer d.Close()
+	return changeSlotsOn(g, d, change, verb)
+}
+
+// changeSlotsOn is changeSlots on a disk already open for writing.
+func changeSlotsOn(g *globals, d *layout.Disk, change func(*layout.Table, slot.Booted) (*layout.Entry, error), verb string) error {
+	disk := d.Path
 	t, err := d.ReadTable()
 	if err != nil {
 		return failed(err)
@@ -274,6 +280,13 @@ func newSlotMarkBootableCommand(g *globals) *cobra.Command {
 		Short: "Verify a USR slot, then make it boot next on trial (priority above the other slot, tries 1)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The lock first: the slot cannot change between its check and
+			// its marking.
+			d, err := openDisk(args[0], true)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
 			rep, err := verifySlot(cmd, g, args[0], args[1], &f)
 			if err != nil {
 				return err
@@ -284,7 +297,7 @@ func newSlotMarkBootableCommand(g *globals) *cobra.Command {
 				}
 				return failed(fmt.Errorf("%s: slot %s does not verify; not marked bootable", args[0], args[1]))
 			}
-			return changeSlots(g, args[0], func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
+			return changeSlotsOn(g, d, func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
 				e, err := t.Lookup(args[1])
 				if err != nil {
 					return nil, err
