@@ -270,7 +270,7 @@ func TestKilledApplyAndMarkGood(t *testing.T) {
 		apply := []string{"payload", "apply", sc.payload, "--disk", disk, "--key", key + ".pub"}
 		took := timed(apply...)
 		t.Logf("%s: apply takes %v", sc.name, took)
-		for i := range 12 {
+		for i := range 8 {
 			copyFile(t, sc.start, disk)
 			delay := time.Duration(rng.Int64N(int64(took)))
 			cmd := exec.Command(kiln, apply...)
