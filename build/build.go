@@ -15,11 +15,13 @@ import (
 	"github.com/kiln-os/kiln/build/fs/fat"
 	"github.com/kiln-os/kiln/build/fs/squashfs"
 	"github.com/kiln-os/kiln/build/manifest"
+	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/source"
 	"github.com/kiln-os/kiln/build/tree"
 	"github.com/kiln-os/kiln/build/verity"
 	"github.com/kiln-os/kiln/internal/hashing"
 	"github.com/kiln-os/kiln/layout"
+	"github.com/kiln-os/kiln/sign"
 )
 
 // Output file names inside the output directory.
@@ -46,9 +48,10 @@ type Options struct {
 	Log         *slog.Logger
 	// Workers bounds parallel work; 0 uses every core.
 	Workers int
-	// SignManifest, when set, signs the manifest file at path (writing
-	// path + ".sig") before the outputs are moved into place.
-	SignManifest func(ctx context.Context, path string) error
+	// Signer, when set, signs each USR slot's release record and the
+	// manifest (manifest.json.sig) before the outputs are moved into
+	// place. Unsigned builds cannot be installed by payload apply.
+	Signer sign.Signer
 }
 
 // Result describes a finished build.
@@ -247,6 +250,9 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 
 	// (6) Manifest, block map; then everything into place.
 	b.start("manifest", 0)
+	if m.Outside, err = manifest.HashOutside(disk, table); err != nil {
+		return nil, err
+	}
 	data, err := m.Marshal()
 	if err != nil {
 		return nil, err
@@ -271,9 +277,9 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	names := []string{DiskFile, ManifestFile}
-	if b.opts.SignManifest != nil {
+	if b.opts.Signer != nil {
 		b.start("sign", 0)
-		if err := b.opts.SignManifest(ctx, filepath.Join(stage, ManifestFile)); err != nil {
+		if err := sign.SignFile(ctx, b.opts.Signer, filepath.Join(stage, ManifestFile)); err != nil {
 			return nil, fmt.Errorf("signing the manifest: %w", err)
 		}
 		names = append(names, ManifestFile+".sig")
@@ -289,7 +295,7 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	}
 	os.RemoveAll(stage)
 	res = &Result{Manifest: m, Disk: filepath.Join(b.opts.OutDir, DiskFile), ManifestPath: filepath.Join(b.opts.OutDir, ManifestFile), Stages: b.stages}
-	if b.opts.SignManifest != nil {
+	if b.opts.Signer != nil {
 		res.Signature = res.ManifestPath + ".sig"
 	}
 	if usrFile != nil {
@@ -402,6 +408,20 @@ func (b *builder) writeUsr(stage string, p *PartitionSpec, lp *layout.Partition,
 	}
 	mp.Filesystem, mp.FilesystemSize = p.Filesystem, m.ImageSize
 
+	// A verity data area larger than the filesystem (a layout's fixed
+	// fs-size) gets a pointer to the superblock in its first block after
+	// the filesystem, so the slot's record can be found from the slot
+	// alone (see slot.Locate).
+	fsEnd, err := slot.FilesystemEnd(f, e.Size())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", e.Label, err)
+	}
+	if at := (fsEnd + 4095) / 4096 * 4096; at < dataSize {
+		if _, err := f.WriteAt(slot.Pointer(dataSize), at); err != nil {
+			return nil, nil, err
+		}
+	}
+
 	b.start("verity "+e.Label, dataSize)
 	salt := verity.SaltFromSeed([]byte(b.r.Seed + "/verity/" + e.Label))
 	params := verity.Params{DataBlocks: uint64(dataSize / 4096), Salt: salt, UUID: layout.DeriveGUID(b.r.Seed, "verity-uuid", e.Label)}
@@ -412,6 +432,18 @@ func (b *builder) writeUsr(stage string, p *PartitionSpec, lp *layout.Partition,
 	b.counter.add(dataSize)
 	mp.Verity = &manifest.Verity{Algorithm: "sha256", RootHash: hex.EncodeToString(root), Salt: hex.EncodeToString(salt),
 		DataBlockSize: 4096, HashBlockSize: 4096, DataBlocks: params.DataBlocks, HashOffset: dataSize}
+
+	// The slot's signed release record, beside the verity superblock.
+	rec := &slot.Record{Name: b.r.Name, Version: b.r.Version, Channel: b.r.Channel, Verity: slot.Verity{
+		Algorithm: "sha256", RootHash: mp.Verity.RootHash, Salt: mp.Verity.Salt, DataBlockSize: 4096, HashBlockSize: 4096,
+		DataBlocks: params.DataBlocks, HashOffset: dataSize}}
+	enc, err := slot.Encode(rec, b.opts.Signer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", e.Label, err)
+	}
+	if err := slot.Write(f, dataSize, enc); err != nil {
+		return nil, nil, fmt.Errorf("%s: writing the release record: %w", e.Label, err)
+	}
 	ok = true
 	return f, m, nil
 }

@@ -14,10 +14,14 @@ type Table struct {
 	Sectors uint64
 	// Partitions are the used entries, sorted by Number.
 	Partitions []Entry
-	// FromBackup is set when the primary GPT was damaged and the table was
-	// read from the backup copy at the end of the disk.
-	FromBackup bool
+	// Copies says, for a table read from a disk, whether each GPT copy
+	// was valid; the zero value for a table that was planned.
+	Copies Copies
 }
+
+// FromBackup reports whether the table was read from the backup GPT
+// because the primary was damaged.
+func (t *Table) FromBackup() bool { return t.Copies.Primary != nil }
 
 // Entry is one used GPT entry.
 type Entry struct {

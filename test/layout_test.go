@@ -240,29 +240,83 @@ func TestReadsSgdiskDisk(t *testing.T) {
 // TestSlotLifecycle walks an update: USR-B gets written and set on trial
 // (as payload apply will), boots, is marked good, then rolled back; cgpt
 // sees every state kiln writes and sgdisk finds both GPTs intact.
+// slotStatus is kiln slot status --json.
+type slotStatus struct {
+	Booted string `json:"booted"`
+	Next   string `json:"next"`
+	Slots  []struct {
+		Label    string `json:"label"`
+		Booted   bool   `json:"booted"`
+		Next     bool   `json:"next"`
+		OnTrial  bool   `json:"on_trial"`
+		Fallback bool   `json:"fallback"`
+		Version  string `json:"version"`
+		Record   string `json:"record"`
+	} `json:"slots"`
+}
+
+func statusOf(t *testing.T, disk string, args ...string) slotStatus {
+	t.Helper()
+	var st slotStatus
+	if err := json.Unmarshal([]byte(mustRun(t, kiln, append([]string{"slot", "status", "--json", disk}, args...)...)), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// roles renders a slot's roles as "booted next on-trial fallback" flags.
+func (s slotStatus) roles(label string) string {
+	for _, sl := range s.Slots {
+		if sl.Label == label {
+			var r []string
+			for _, x := range []struct {
+				on   bool
+				name string
+			}{{sl.Booted, "booted"}, {sl.Next, "next"}, {sl.OnTrial, "on-trial"}, {sl.Fallback, "fallback"}} {
+				if x.on {
+					r = append(r, x.name)
+				}
+			}
+			return strings.Join(r, " ")
+		}
+	}
+	return "(no slot " + label + ")"
+}
+
+// TestSlotLifecycle walks the slot bits through an update as GRUB's
+// gptprio leaves them (cgpt plays GRUB): mark-good marks the slot that was
+// booted on trial, not the one that boots next.
 func TestSlotLifecycle(t *testing.T) {
 	disk := filepath.Join(t.TempDir(), "disk.img")
 	mustRun(t, kiln, "layout", "init", disk)
 	if r := run(t, kiln, "slot", "rollback", disk); r.code != 1 || !strings.Contains(r.stderr, "USR-B has never booted successfully") {
 		t.Errorf("rollback to an unbooted slot: %+v", r)
 	}
+	// An update is installed into USR-B: on trial, not yet tried.
 	mustRun(t, "cgpt", "add", "-i", "4", "-P", "2", "-T", "1", "-S", "0", disk)
-	var st struct {
-		Next string `json:"next"`
+	st := statusOf(t, disk)
+	if st.Next != "USR-B" || st.Booted != "USR-A" || st.roles("USR-B") != "next on-trial" || st.roles("USR-A") != "booted fallback" {
+		t.Fatalf("before the trial boot: %+v", st)
 	}
-	json.Unmarshal([]byte(mustRun(t, kiln, "slot", "status", "--json", disk)), &st)
-	if st.Next != "USR-B" {
-		t.Fatalf("next %q, want USR-B", st.Next)
+	// GRUB's gptprio picks USR-B and lowers its tries before booting it.
+	mustRun(t, "cgpt", "add", "-i", "4", "-T", "0", disk)
+	st = statusOf(t, disk)
+	if st.Next != "USR-A" || st.Booted != "USR-B" || st.roles("USR-B") != "booted on-trial" || st.roles("USR-A") != "next fallback" {
+		t.Fatalf("during the trial boot: %+v", st)
 	}
-	mustRun(t, kiln, "slot", "mark-good", disk)
+	// The booted system blesses its slot.
+	out := mustRun(t, kiln, "slot", "mark-good", disk)
+	if !strings.Contains(out, "USR-B marked good") {
+		t.Errorf("mark-good output:\n%s", out)
+	}
 	if got := cgptSlot(t, disk, 4); got != [3]int{2, 0, 1} {
 		t.Errorf("after mark-good cgpt shows USR-B %v, want [2 0 1]", got)
 	}
 	if got := cgptSlot(t, disk, 3); got != [3]int{1, 0, 1} {
-		t.Errorf("mark-good touched USR-A: %v", got)
+		t.Errorf("mark-good changed USR-A: %v", got)
 	}
 	sgdiskClean(t, disk)
-	out := mustRun(t, kiln, "slot", "rollback", disk)
+	out = mustRun(t, kiln, "slot", "rollback", disk)
 	if !strings.Contains(out, "next boot: USR-A") {
 		t.Errorf("rollback output:\n%s", out)
 	}
@@ -270,16 +324,52 @@ func TestSlotLifecycle(t *testing.T) {
 		t.Errorf("after rollback cgpt shows USR-A %v, want [3 0 1]", got)
 	}
 	sgdiskClean(t, disk)
-	// Both GPT copies carry the change: wipe the primary, read the backup.
-	f, _ := os.OpenFile(disk, os.O_RDWR, 0)
-	f.WriteAt(make([]byte, 512), 512)
-	f.Close()
-	out = mustRun(t, kiln, "slot", "status", disk)
-	if !strings.Contains(out, "next boot: USR-A") {
-		t.Errorf("status from the backup GPT:\n%s", out)
+	// A trial that fails: rollback abandons it, the fallback boots.
+	mustRun(t, "cgpt", "add", "-i", "4", "-P", "4", "-T", "0", "-S", "0", disk)
+	mustRun(t, kiln, "slot", "rollback", disk)
+	if got := cgptSlot(t, disk, 4); got != [3]int{0, 0, 0} {
+		t.Errorf("after abandoning the trial USR-B %v, want [0 0 0]", got)
 	}
-	if r := run(t, kiln, "slot", "mark-good", disk); r.code != 1 || !strings.Contains(r.stderr, "primary GPT is damaged") {
-		t.Errorf("mark-good on a damaged GPT: %+v", r)
+	if st := statusOf(t, disk); st.Next != "USR-A" || st.Booted != "USR-A" {
+		t.Errorf("after abandoning the trial: %+v", st)
+	}
+}
+
+// TestDamagedGPTCopies: layout check fails on a damaged primary or backup
+// GPT, the slot commands still read the disk, and the next command that
+// writes repairs the damaged copy from the valid one.
+func TestDamagedGPTCopies(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		offset func(size int64) int64
+		want   string
+	}{
+		{"primary", func(int64) int64 { return 512 }, "primary GPT damaged"},
+		{"primary entries", func(int64) int64 { return 1024 + 128*2 + 40 }, "primary GPT damaged: GPT: partition array CRC mismatch"},
+		{"backup", func(size int64) int64 { return size - 512 }, "backup GPT damaged"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			disk := filepath.Join(t.TempDir(), "disk.img")
+			mustRun(t, kiln, "layout", "init", disk)
+			mustRun(t, kiln, "layout", "check", disk)
+			st, _ := os.Stat(disk)
+			f, _ := os.OpenFile(disk, os.O_RDWR, 0)
+			f.WriteAt([]byte("garbage!"), c.offset(st.Size()))
+			f.Close()
+			r := run(t, kiln, "layout", "check", disk)
+			if r.code != 1 || !strings.Contains(r.stdout+r.stderr, c.want) {
+				t.Fatalf("layout check on a damaged %s: %+v", c.name, r)
+			}
+			if st := statusOf(t, disk); st.Next != "USR-A" {
+				t.Fatalf("status: %+v", st)
+			}
+			mustRun(t, kiln, "slot", "mark-good", disk)
+			mustRun(t, kiln, "layout", "check", disk)
+			sgdiskClean(t, disk)
+			if got := cgptSlot(t, disk, 3); got != [3]int{2, 0, 1} {
+				t.Errorf("USR-A after the repairing mark-good: %v", got)
+			}
+		})
 	}
 }
 

@@ -65,9 +65,9 @@ func TestSlotMarkBootableVerifiesFirst(t *testing.T) {
 		t.Errorf("USR-A changed: %v", got)
 	}
 	sgdiskClean(t, disk)
-	// USR-A is the active slot (it booted successfully; USR-B is only on
+	// USR-A is the booted slot (it booted successfully; USR-B is only on
 	// trial): it verifies, but marking it is refused.
-	if r := run(t, kiln, append([]string{"slot", "mark-bootable", disk, "USR-A"}, args...)...); r.code != 1 || !strings.Contains(r.stderr, "USR-A is the active slot") {
+	if r := run(t, kiln, append([]string{"slot", "mark-bootable", disk, "USR-A"}, args...)...); r.code != 1 || !strings.Contains(r.stderr, "USR-A is the booted slot") {
 		t.Errorf("mark-bootable of the active slot: %+v", r)
 	}
 }

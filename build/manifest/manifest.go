@@ -8,12 +8,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 
+	"github.com/kiln-os/kiln/internal/hashing"
 	"github.com/kiln-os/kiln/layout"
 )
 
-// FormatVersion is the manifest format written by this kiln.
-const FormatVersion = 1
+// FormatVersion is the manifest format written by this kiln. Format 2
+// added the hashes of the bytes outside the partitions (Outside).
+const FormatVersion = 2
 
 // Manifest describes one image build.
 type Manifest struct {
@@ -26,8 +29,11 @@ type Manifest struct {
 	DiskGUID        layout.GUID `json:"disk_guid"`
 	DiskSize        int64       `json:"disk_size"`
 	SourceDateEpoch int64       `json:"source_date_epoch"`
-	Partitions      []Partition `json:"partitions"`
-	Sources         []Source    `json:"sources,omitempty"`
+	// Outside hashes every byte of the image that no partition holds, so
+	// that with the partitions' hashes the manifest covers every byte.
+	Outside    Outside     `json:"outside"`
+	Partitions []Partition `json:"partitions"`
+	Sources    []Source    `json:"sources,omitempty"`
 }
 
 // Partition is one GPT entry of the image and what it holds.
@@ -59,6 +65,61 @@ type Verity struct {
 	// HashOffset is the byte offset of the verity superblock inside the
 	// partition (veritysetup --hash-offset); the data starts at 0.
 	HashOffset int64 `json:"hash_offset"`
+}
+
+// Outside is the SHA-256 (hex) of each part of a disk image outside its
+// partitions.
+type Outside struct {
+	// MBR is sector 0: the boot code and the protective MBR.
+	MBR string `json:"mbr_sha256"`
+	// PrimaryGPT is sectors 1–33: the primary header and entry array,
+	// with every partition's initial slot attributes.
+	PrimaryGPT string `json:"primary_gpt_sha256"`
+	// BackupGPT is the last 33 sectors: the backup entry array and header.
+	BackupGPT string `json:"backup_gpt_sha256"`
+	// Gaps is every other byte outside the partitions, concatenated in
+	// disk order (alignment gaps, the space after the last partition).
+	Gaps string `json:"gaps_sha256"`
+}
+
+// OutsideSpans returns the byte ranges that each Outside hash covers for a
+// disk laid out as t.
+func OutsideSpans(t *layout.Table) (mbr, primary, backup hashing.Span, gaps []hashing.Span) {
+	const sector = layout.SectorSize
+	size := t.Size()
+	mbr = hashing.Span{Off: 0, Size: sector}
+	primary = hashing.Span{Off: sector, Size: 33 * sector}
+	backup = hashing.Span{Off: size - 33*sector, Size: 33 * sector}
+	parts := append([]layout.Entry(nil), t.Partitions...)
+	sort.Slice(parts, func(i, j int) bool { return parts[i].Start < parts[j].Start })
+	pos := int64(34 * sector)
+	for _, e := range parts {
+		if e.Offset() > pos {
+			gaps = append(gaps, hashing.Span{Off: pos, Size: e.Offset() - pos})
+		}
+		pos = max(pos, e.Offset()+e.Size())
+	}
+	if end := backup.Off; end > pos {
+		gaps = append(gaps, hashing.Span{Off: pos, Size: end - pos})
+	}
+	return mbr, primary, backup, gaps
+}
+
+// HashOutside hashes the bytes of the disk image r outside the partitions
+// of t.
+func HashOutside(r io.ReaderAt, t *layout.Table) (Outside, error) {
+	mbr, primary, backup, gaps := OutsideSpans(t)
+	var o Outside
+	var err error
+	for _, x := range []struct {
+		dst   *string
+		spans []hashing.Span
+	}{{&o.MBR, []hashing.Span{mbr}}, {&o.PrimaryGPT, []hashing.Span{primary}}, {&o.BackupGPT, []hashing.Span{backup}}, {&o.Gaps, gaps}} {
+		if *x.dst, err = hashing.Concat(r, x.spans); err != nil {
+			return Outside{}, fmt.Errorf("hashing the bytes outside the partitions: %w", err)
+		}
+	}
+	return o, nil
 }
 
 // Source is where a partition's content came from.
@@ -112,10 +173,15 @@ func Parse(r io.Reader) (*Manifest, error) {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	if m.Format != FormatVersion {
-		return nil, fmt.Errorf("manifest: format %d, this kiln reads %d", m.Format, FormatVersion)
+		return nil, fmt.Errorf("manifest: format %d, this kiln reads %d (rebuild the image with this kiln)", m.Format, FormatVersion)
 	}
 	if m.DiskSize <= 0 {
 		return nil, fmt.Errorf("manifest: disk_size %d", m.DiskSize)
+	}
+	for _, h := range []string{m.Outside.MBR, m.Outside.PrimaryGPT, m.Outside.BackupGPT, m.Outside.Gaps} {
+		if len(h) != 64 {
+			return nil, fmt.Errorf("manifest: outside: sha256 %q is not 64 hex digits", h)
+		}
 	}
 	for _, p := range m.Partitions {
 		if p.Offset < 0 || p.Size <= 0 || p.Offset > m.DiskSize || p.Size > m.DiskSize-p.Offset {

@@ -2,6 +2,7 @@ package update
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -9,55 +10,92 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/kiln-os/kiln/build/manifest"
+	"golang.org/x/sys/unix"
+
 	"github.com/kiln-os/kiln/build/payload"
+	"github.com/kiln-os/kiln/build/slot"
+	"github.com/kiln-os/kiln/build/verity"
 	"github.com/kiln-os/kiln/layout"
 	"github.com/kiln-os/kiln/sign"
 )
 
 // InstallOptions describe one install of a payload into a disk.
 type InstallOptions struct {
-	Payload  string // payload file
-	Disk     string // disk image or block device
-	Verifier sign.Verifier
-	// Installed is the signed manifest of the installed release, for the
-	// anti-rollback check of a full payload (a delta records its source
-	// version, bound to the installed slot by the source hash). Nil: the
-	// version of a full payload cannot be checked and it is refused unless
-	// AllowDowngrade.
-	Installed      *manifest.Manifest
+	Payload string // payload file
+	Disk    string // disk image or block device
+	// Verifier checks the payload's signatures and the slots' release
+	// records: releases and payloads are signed with the same key.
+	Verifier       sign.Verifier
 	AllowDowngrade bool
-	Progress       func(done, total int)
-	Log            *slog.Logger
+	// System is where to find which slot the running system booted from;
+	// the zero value is this machine. On a disk image, or a disk the
+	// system did not boot from, the booted slot is inferred from the slot
+	// bits (slot.InferBooted).
+	System   slot.System
+	Progress func(done, total int)
+	Log      *slog.Logger
 }
 
 // InstallResult describes a finished install.
 type InstallResult struct {
 	Slot       string `json:"slot"`        // the slot written, now on trial
-	Active     string `json:"active"`      // the slot that was booting, untouched
+	Booted     string `json:"booted"`      // the booted slot, untouched: the fallback
+	Installed  string `json:"installed"`   // the booted slot's signed version
 	Version    string `json:"version"`     // the release installed
 	Kind       string `json:"kind"`        // "full" or "delta"
 	Operations int    `json:"operations"`  // operations executed
 	Written    int64  `json:"written"`     // bytes written to the slot
-	SHA256     string `json:"sha256"`      // of the whole slot, as the payload says
-	VerityRoot string `json:"verity_root"` // checked over the whole written tree
+	SHA256     string `json:"sha256"`      // of the whole slot, read back from the device
+	VerityRoot string `json:"verity_root"` // of the slot's signed record, checked over the whole tree
 }
 
-// Install applies a payload to the passive USR slot of a disk. In order:
-// the payload is parsed and bounds-checked, its signatures and every
-// operation's data hash are verified, the version is checked against the
-// installed one, the passive slot is taken out of the boot order, the
-// payload is applied (the source slot's hash checked first, each
-// operation's hashes as it runs, the new slot's SHA-256 at the end), the
-// written dm-verity tree is verified against the payload's root hash, and
-// only then is the slot made to boot next on trial (priority above the
-// active slot, one try). The active slot is only ever read. An interrupted
-// install leaves the passive slot out of the boot order; running it again
-// completes it.
+// Errors of Install that callers tell apart.
+var (
+	ErrBootedOnTrial = errors.New("update: the booted slot is on trial")
+	ErrWrongPayload  = errors.New("update: payload does not fit this disk")
+)
+
+// Install applies a payload to the passive USR slot of a disk.
+//
+// Every check comes before the first change to the disk: the payload is
+// parsed and bounds-checked; it must hold one partition named "usr"; its
+// signatures and every operation's data hash are verified; the booted
+// slot is found (on the running system, the partition under /usr; else
+// inferred from the slot bits) and must have been marked good, so that it
+// stays the fallback; the payload's version must not be older than the
+// booted slot's signed release record (unless AllowDowngrade); the sizes
+// must fit; no other slot may stand at priority 15; and for a delta, the
+// booted slot must hash to the payload's source. Only then is the passive
+// slot — never the booted one — taken out of the boot order and written.
+//
+// After writing, the slot is flushed to the device, its pages dropped from
+// the page cache, and read back from the device: its SHA-256 against the
+// payload's, its release record's signature and version, and its whole
+// dm-verity tree against the record's root hash. Only then does it get a
+// priority above the booted slot, one try, not yet successful. No other
+// slot's attributes change. The disk is locked for the whole install. An
+// interrupted install leaves the passive slot out of the boot order;
+// running it again completes it.
 func Install(ctx context.Context, o InstallOptions) (*InstallResult, error) {
+	d, err := layout.OpenDiskForWriting(o.Disk)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return install(ctx, o, d.File, d)
+}
+
+// device is the disk as install uses it; tests inject faults.
+type device interface {
+	layout.Device
+	Fd() uintptr
+}
+
+func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) (*InstallResult, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	// (1) The payload: parsed, one "usr" partition, signatures and data.
 	pf, err := os.Open(o.Payload)
 	if err != nil {
 		return nil, err
@@ -71,123 +109,167 @@ func Install(ctx context.Context, o InstallOptions) (*InstallResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Payload, err)
 	}
-	if len(p.Partitions) != 1 {
-		return nil, fmt.Errorf("%s: %d partitions; kiln installs payloads of one USR partition", o.Payload, len(p.Partitions))
+	if len(p.Partitions) != 1 || p.Partitions[0].Name != payload.DefaultPartition {
+		var names []string
+		for _, part := range p.Partitions {
+			names = append(names, part.Name)
+		}
+		return nil, fmt.Errorf("%w: %s holds partitions %q; kiln installs payloads of one partition named %q into the passive USR slot",
+			ErrWrongPayload, o.Payload, names, payload.DefaultPartition)
 	}
 	part := &p.Partitions[0]
-	// (1) Signatures and data hashes, before anything is touched.
+	if part.Verity == nil {
+		return nil, fmt.Errorf("%w: %s records no dm-verity tree; kiln marks only verity-checked slots bootable", ErrWrongPayload, o.Payload)
+	}
 	if err := p.Verify(ctx, Verifier{o.Verifier}); err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Payload, err)
 	}
-	// (2) Anti-rollback.
-	installed := ""
-	switch {
-	case !p.Full() && part.OldVersion != "":
-		installed = part.OldVersion
-	case o.Installed != nil:
-		installed = o.Installed.Version
-	}
-	if !o.AllowDowngrade {
-		if installed == "" {
-			return nil, fmt.Errorf("%w: cannot tell the installed version (pass the installed release's --manifest, or --allow-downgrade)", ErrDowngrade)
-		}
-		if err := checkNewer(installed, part.Version); err != nil {
-			return nil, err
-		}
-	}
-	// (3) The slots.
-	disk, err := os.OpenFile(o.Disk, os.O_RDWR, 0)
+
+	// (2) The slots: which is booted, which is written.
+	t, err := d.ReadTable()
 	if err != nil {
 		return nil, err
 	}
-	defer disk.Close()
-	t, err := layout.ReadTable(disk)
+	if err := t.Copies.Err(); err != nil {
+		o.Log.Warn("the GPT is damaged; this install rewrites both copies", "disk", o.Disk, "damage", err)
+	}
+	if n := len(t.Slots()); n != 2 {
+		return nil, fmt.Errorf("%w: %s has %d USR slots, want 2", ErrWrongPayload, o.Disk, n)
+	}
+	booted, how, err := o.System.Booted(d.File, t)
 	if err != nil {
 		return nil, err
 	}
-	if t.FromBackup {
-		return nil, fmt.Errorf("%s: the primary GPT is damaged; repair it before installing", o.Disk)
+	if booted == nil {
+		booted, how = slot.InferBooted(t)
+		if booted == nil {
+			return nil, fmt.Errorf("%s: no USR slot has booted (%s)", o.Disk, how)
+		}
 	}
-	active, err := t.ActiveSlot()
+	if slot.OnTrial(booted.Slot()) {
+		fb, _ := slot.Other(t, booted)
+		return nil, fmt.Errorf("%w: %s booted on trial (%s) and is not marked good; installing now would overwrite %s, its fallback. Run kiln slot mark-good after a good boot, or kiln slot rollback",
+			ErrBootedOnTrial, booted.Label, how, fb.Label)
+	}
+	target, err := slot.Other(t, booted)
 	if err != nil {
+		return nil, err
+	}
+	if target.Size() != part.New.Size {
+		return nil, fmt.Errorf("%w: slot %s is %d bytes, the payload writes %d", ErrWrongPayload, target.Label, target.Size(), part.New.Size)
+	}
+	if part.Old != nil && booted.Size() != part.Old.Size {
+		return nil, fmt.Errorf("%w: booted slot %s is %d bytes, the payload's source is %d", ErrWrongPayload, booted.Label, booted.Size(), part.Old.Size)
+	}
+	if err := slot.CheckTrial(t, target); err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Disk, err)
 	}
-	var passive *layout.Entry
-	for _, s := range t.Slots() {
-		if s.Number != active.Number {
-			passive = s
+
+	// (3) Anti-rollback, against the booted slot's signed record.
+	bootedArea := io.NewSectionReader(dev, booted.Offset(), booted.Size())
+	installed := ""
+	rec, err := slot.Read(bootedArea, booted.Size())
+	if err == nil {
+		err = rec.Verify(o.Verifier)
+	}
+	if err != nil {
+		if !o.AllowDowngrade {
+			return nil, fmt.Errorf("%w: cannot tell the installed version: booted slot %s: %v (pass --allow-downgrade to install anyway)", ErrDowngrade, booted.Label, err)
+		}
+		o.Log.Warn("the booted slot has no valid signed release record", "slot", booted.Label, "error", err)
+	} else {
+		installed = rec.Record.Version
+		if part.OldVersion != "" && part.OldVersion != installed {
+			return nil, fmt.Errorf("%w: %s is a delta from %s, but the booted slot %s holds %s", ErrWrongPayload, o.Payload, part.OldVersion, booted.Label, installed)
+		}
+		if !o.AllowDowngrade {
+			if err := checkNewer(installed, part.Version); err != nil {
+				return nil, err
+			}
 		}
 	}
-	if passive == nil || len(t.Slots()) != 2 {
-		return nil, fmt.Errorf("%s: want two USR slots, have %d", o.Disk, len(t.Slots()))
-	}
-	if passive.Size() != part.New.Size {
-		return nil, fmt.Errorf("%s: passive slot %s is %d bytes, the payload writes %d", o.Disk, passive.Label, passive.Size(), part.New.Size)
-	}
-	if part.Old != nil && active.Size() != part.Old.Size {
-		return nil, fmt.Errorf("%s: active slot %s is %d bytes, the payload's source is %d", o.Disk, active.Label, active.Size(), part.Old.Size)
-	}
-	o.Log.Info("installing", "payload", o.Payload, "version", part.Version, "active", active.Label, "slot", passive.Label)
-	// (4) Out of the boot order while it is written.
-	if passive.Slot() != (layout.SlotState{}) {
-		t.MarkUnbootable(passive)
-		if err := layout.UpdateAttributes(disk, t); err != nil {
-			return nil, err
-		}
-	}
-	// (5) Apply: the source is the active slot, read only.
+	o.Log.Info("installing", "payload", o.Payload, "version", part.Version, "booted", booted.Label, "how", how, "slot", target.Label)
+
+	// (4) Apply. payload.Apply checks the signatures, the version hook and
+	// (for a delta) the source's hash before its first write; the first
+	// write takes the target out of the boot order.
 	var src io.ReaderAt
 	if part.Old != nil {
-		src = io.NewSectionReader(disk, active.Offset(), active.Size())
+		src = bootedArea
 	}
-	dst := &slotTarget{f: disk, off: passive.Offset(), size: passive.Size()}
+	dst := &slotTarget{f: dev, off: target.Offset(), size: target.Size(), beforeFirstWrite: func() error {
+		if target.Slot() == (layout.SlotState{}) && t.Copies.Err() == nil {
+			return nil
+		}
+		slot.MarkUnbootable(target)
+		return layout.UpdateAttributes(dev, d.Size, o.Disk, t)
+	}}
 	res, err := payload.Apply(ctx, p, src, dst, payload.ApplyOptions{Verifier: Verifier{o.Verifier}, Progress: o.Progress})
 	if err != nil {
-		return nil, fmt.Errorf("%s into %s: %w", o.Payload, passive.Label, err)
+		return nil, fmt.Errorf("%s into %s: %w", o.Payload, target.Label, err)
 	}
-	if err := disk.Sync(); err != nil {
+
+	// (5) What reached the device, read past the page cache.
+	if err := dropCache(dev, target.Offset(), target.Size()); err != nil {
+		return nil, fmt.Errorf("%s: flushing %s: %w", o.Disk, target.Label, err)
+	}
+	written := io.NewSectionReader(dev, target.Offset(), target.Size())
+	h := sha256.New()
+	if _, err := io.Copy(h, written); err != nil {
+		return nil, fmt.Errorf("%s: reading %s back: %w", o.Disk, target.Label, err)
+	}
+	if sum := h.Sum(nil); string(sum) != string(part.New.Hash[:]) {
+		return nil, fmt.Errorf("%s: %s read back from the device has sha256 %x, the payload wrote %x", o.Disk, target.Label, sum, part.New.Hash)
+	}
+	newRec, err := slot.Read(written, target.Size())
+	if err == nil {
+		err = newRec.Verify(o.Verifier)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: the release record written to %s: %w", o.Disk, target.Label, err)
+	}
+	if newRec.Record.Version != part.Version {
+		return nil, fmt.Errorf("%s: the release record written to %s says %s, the payload %s", o.Disk, target.Label, newRec.Record.Version, part.Version)
+	}
+	root, err := newRec.Record.Verity.Root()
+	if err != nil {
 		return nil, err
 	}
-	// (6) Apply computed the verity tree from the written data and checked
-	// its root against the payload's, then the whole slot's SHA-256.
-	out := &InstallResult{Slot: passive.Label, Active: active.Label, Version: part.Version, Kind: "delta",
-		Operations: res.Ops, Written: res.BytesWritten, SHA256: hex.EncodeToString(res.NewHash[:])}
+	if hex.EncodeToString(root) != hex.EncodeToString(part.Verity.RootHash) {
+		return nil, fmt.Errorf("%s: the release record written to %s has verity root %x, the payload %x", o.Disk, target.Label, root, part.Verity.RootHash)
+	}
+	if _, err := verity.Verify(written, 0, newRec.Record.Verity.HashOffset, root); err != nil {
+		return nil, fmt.Errorf("%s: %s read back from the device: %w", o.Disk, target.Label, err)
+	}
+
+	// (6) Boot next, on trial; no other slot changes.
+	t, err = d.ReadTable()
+	if err != nil {
+		return nil, err
+	}
+	if target, err = t.Lookup(target.Label); err != nil {
+		return nil, err
+	}
+	if err := slot.MarkTrial(t, target); err != nil {
+		return nil, err
+	}
+	if err := layout.UpdateAttributes(dev, d.Size, o.Disk, t); err != nil {
+		return nil, err
+	}
+	kind := "delta"
 	if p.Full() {
-		out.Kind = "full"
+		kind = "full"
 	}
-	if v := part.Verity; v != nil {
-		out.VerityRoot = hex.EncodeToString(v.RootHash)
-	} else {
-		return nil, fmt.Errorf("%s: the payload records no dm-verity tree; kiln marks only verity-checked slots bootable", o.Payload)
-	}
-	// (7) Boot next, on trial.
-	t, err = layout.ReadTable(disk)
-	if err != nil {
-		return nil, err
-	}
-	slot, err := t.Lookup(passive.Label)
-	if err != nil {
-		return nil, err
-	}
-	if err := t.MarkTrial(slot); err != nil {
-		return nil, err
-	}
-	if err := layout.UpdateAttributes(disk, t); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return &InstallResult{Slot: target.Label, Booted: booted.Label, Installed: installed, Version: part.Version, Kind: kind,
+		Operations: res.Ops, Written: res.BytesWritten, SHA256: hex.EncodeToString(part.New.Hash[:]), VerityRoot: hex.EncodeToString(root)}, nil
 }
 
-// decodeVerity decodes a manifest's root hash and salt.
-func decodeVerity(v *manifest.Verity) (root, salt []byte, err error) {
-	if v == nil {
-		return nil, nil, errors.New("no verity data")
+// dropCache flushes a range of the disk to the device and drops its pages
+// from the page cache, so that the next read comes from the device, not
+// from memory.
+func dropCache(dev device, off, size int64) error {
+	if err := dev.Sync(); err != nil {
+		return err
 	}
-	if root, err = hex.DecodeString(v.RootHash); err != nil || len(root) != 32 {
-		return nil, nil, fmt.Errorf("verity root hash %q: not 32 bytes of hex", v.RootHash)
-	}
-	if salt, err = hex.DecodeString(v.Salt); err != nil {
-		return nil, nil, fmt.Errorf("verity salt %q: %w", v.Salt, err)
-	}
-	return root, salt, nil
+	return unix.Fadvise(int(dev.Fd()), off, size, unix.FADV_DONTNEED)
 }

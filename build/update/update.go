@@ -8,6 +8,7 @@ package update
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"github.com/kiln-os/kiln/build/blockmap"
 	"github.com/kiln-os/kiln/build/manifest"
 	"github.com/kiln-os/kiln/build/payload"
+	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verify"
 	"github.com/kiln-os/kiln/build/verity"
 	"github.com/kiln-os/kiln/sign"
@@ -108,6 +110,9 @@ func Generate(ctx context.Context, o GenerateOptions) (*payload.Plan, error) {
 		return nil, err
 	}
 	defer nf.Close()
+	if err := checkRecord(o.To, newImg, o.Signer); err != nil {
+		return nil, err
+	}
 	v := o.To.Usr.Verity
 	root, salt, err := decodeVerity(v)
 	if err != nil {
@@ -165,6 +170,49 @@ func Generate(ctx context.Context, o GenerateOptions) (*payload.Plan, error) {
 	return plan, plan.Close()
 }
 
+// decodeVerity decodes a manifest's root hash and salt.
+func decodeVerity(v *manifest.Verity) (root, salt []byte, err error) {
+	if v == nil {
+		return nil, nil, errors.New("no verity data")
+	}
+	if root, err = hex.DecodeString(v.RootHash); err != nil || len(root) != 32 {
+		return nil, nil, fmt.Errorf("verity root hash %q: not 32 bytes of hex", v.RootHash)
+	}
+	if salt, err = hex.DecodeString(v.Salt); err != nil {
+		return nil, nil, fmt.Errorf("verity salt %q: %w", v.Salt, err)
+	}
+	return root, salt, nil
+}
+
+// checkRecord requires the release's USR image to carry a release record
+// for its version, signed by the payload's key: apply checks the record it
+// installs with the same key, so a payload of an unsigned (or
+// differently signed) build could never be installed.
+func checkRecord(r *Release, img *payload.Image, s sign.Signer) error {
+	rec, err := slot.Read(img.R, img.Size)
+	if err != nil {
+		return fmt.Errorf("release %s: usr.img: %w (build it with this kiln)", r.Dir, err)
+	}
+	if rec.Record.Version != r.Manifest.Version || rec.Record.Verity.RootHash != r.Usr.Verity.RootHash {
+		return fmt.Errorf("release %s: usr.img's release record (%s, root %.16s) does not match the manifest (%s, root %.16s)",
+			r.Dir, rec.Record.Version, rec.Record.Verity.RootHash, r.Manifest.Version, r.Usr.Verity.RootHash)
+	}
+	v, ok := s.(sign.Verifier)
+	if !ok {
+		pub, err := s.PublicKey()
+		if err != nil {
+			return err
+		}
+		if v, err = sign.NewVerifier(pub, "the payload key"); err != nil {
+			return err
+		}
+	}
+	if err := rec.Verify(v); err != nil {
+		return fmt.Errorf("release %s: usr.img's release record must be signed by the payload key (kiln build --sign with the same key): %w", r.Dir, err)
+	}
+	return nil
+}
+
 // checkNewer refuses when newV is older than oldV.
 func checkNewer(oldV, newV string) error {
 	ov, err := build.ParseVersion(oldV)
@@ -213,15 +261,26 @@ func sigSize(s sign.Signer) (int, error) {
 }
 
 // slotTarget is the passive slot as Apply sees it: reads and writes are
-// confined to the partition.
+// confined to the partition, and beforeFirstWrite runs once, before the
+// first byte is written.
 type slotTarget struct {
-	f         *os.File
-	off, size int64
+	f                device
+	off, size        int64
+	beforeFirstWrite func() error
+	started          bool
 }
 
 func (s *slotTarget) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > s.size || int64(len(p)) > s.size-off {
 		return 0, fmt.Errorf("update: write of %d bytes at %d outside the %d-byte slot", len(p), off, s.size)
+	}
+	if !s.started {
+		if s.beforeFirstWrite != nil {
+			if err := s.beforeFirstWrite(); err != nil {
+				return 0, err
+			}
+		}
+		s.started = true
 	}
 	// Large runs of zeros (ZERO operations) become holes (or, on a block
 	// device, zeroed ranges) instead of writes, where the kernel can.

@@ -1,7 +1,16 @@
-// Package verify checks a built disk image, or one partition image, offline
-// against its signed manifest: the manifest's signature, the GPT, the
-// SHA-256 of every partition and each dm-verity hash tree. Every check is
-// reported, pass or fail, so a release engineer sees exactly what is wrong.
+// Package verify checks disks offline. Two checks, for two kinds of disk:
+//
+//   - Image: a built image, byte for byte, against its signed manifest:
+//     MBR, both GPT copies, the gaps, every partition's SHA-256 and
+//     dm-verity tree. What a release engineer runs before shipping.
+//   - Deployed: a disk in use, whose ESP, OEM, ROOT and slot attributes
+//     change as it runs: the GPT's health and geometry and every USR
+//     slot's signed release record and dm-verity tree — the read-only
+//     parts — and nothing writable.
+//
+// Partition checks a lone partition image (usr.img), and Slot whether a
+// slot holds a manifest's USR content. Every check is reported, pass or
+// fail, so a release engineer sees exactly what is wrong.
 package verify
 
 import (
@@ -14,6 +23,7 @@ import (
 	"runtime"
 
 	"github.com/kiln-os/kiln/build/manifest"
+	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verity"
 	"github.com/kiln-os/kiln/internal/hashing"
 	"github.com/kiln-os/kiln/layout"
@@ -82,38 +92,145 @@ func loadManifest(ctx context.Context, r *Report, o Options) *manifest.Manifest 
 	return nil
 }
 
-// Disk verifies a whole disk image (or block device) at path.
-func Disk(ctx context.Context, path string, o Options) (*Report, error) {
+// Image verifies a built disk image (or a block device written from one)
+// byte for byte against its signed manifest: the MBR, both GPT copies
+// (with every partition's initial slot attributes), the gaps between and
+// after the partitions, and every partition's SHA-256 and dm-verity tree.
+// A deployed disk fails it as soon as anything writable was written (see
+// Deployed).
+func Image(ctx context.Context, path string, o Options) (*Report, error) {
 	r := &Report{}
 	m := loadManifest(ctx, r, o)
 	if m == nil {
 		return r.finish(), nil
 	}
-	f, size, err := openSized(path)
+	d, err := layout.OpenDisk(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	if size != m.DiskSize {
-		r.add("disk size", fmt.Errorf("%s is %d bytes, the manifest's image is %d bytes", path, size, m.DiskSize), "")
+	defer d.Close()
+	if d.Size != m.DiskSize {
+		r.add("disk size", fmt.Errorf("%s is %d bytes, the manifest's image is %d bytes", path, d.Size, m.DiskSize), "")
 		return r.finish(), nil
 	}
-	t, err := layout.ReadTable(f)
+	t, ok := checkTable(r, d, m)
+	if !ok {
+		return r.finish(), nil
+	}
+	got, err := manifest.HashOutside(d.File, t)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range []struct{ name, got, want, what string }{
+		{"mbr", got.MBR, m.Outside.MBR, "sector 0: boot code and protective MBR"},
+		{"primary gpt", got.PrimaryGPT, m.Outside.PrimaryGPT, "sectors 1-33: header, entries, initial slot attributes"},
+		{"backup gpt", got.BackupGPT, m.Outside.BackupGPT, "the last 33 sectors"},
+		{"gaps", got.Gaps, m.Outside.Gaps, "every byte outside the partitions and GPTs"},
+	} {
+		var err error
+		if c.got != c.want {
+			err = fmt.Errorf("%s: sha256 %.16s…, the manifest says %.16s… (%s changed)", c.name, c.got, c.want, c.what)
+		}
+		r.add(c.name, err, c.what)
+	}
+	checkPartitions(ctx, r, d.File, m, m.Partitions, func(p *manifest.Partition) int64 { return p.Offset }, o)
+	return r.finish(), nil
+}
+
+// checkTable reads the GPT, requires both copies valid and the same, and
+// compares the partitions' geometry with the manifest's.
+func checkTable(r *Report, d *layout.Disk, m *manifest.Manifest) (*layout.Table, bool) {
+	t, err := d.ReadTable()
 	if err != nil {
 		r.add("gpt", err, "")
-		return r.finish(), nil
+		return nil, false
 	}
 	if err := checkGPT(t, m); err != nil {
 		r.add("gpt", err, "")
-		return r.finish(), nil
+		return nil, false
 	}
-	detail := fmt.Sprintf("disk GUID %s, %d partitions match the manifest", t.DiskGUID, len(t.Partitions))
-	if t.FromBackup {
-		r.add("gpt", errors.New("the primary GPT is damaged (the backup GPT matches the manifest)"), "")
+	r.add("gpt", t.Copies.Err(), fmt.Sprintf("both copies valid; disk GUID %s, %d partitions match the manifest", t.DiskGUID, len(t.Partitions)))
+	return t, true
+}
+
+// DeployedOptions name what a deployed disk is checked against.
+type DeployedOptions struct {
+	// Verifier checks the slots' release records.
+	Verifier sign.Verifier
+	// KeyName names the key in messages.
+	KeyName string
+	// Manifest, when set, is a signed manifest of any release built with
+	// this layout: the GPT's geometry is compared with it.
+	Manifest string
+}
+
+// Deployed verifies a deployed disk: what must not change while it runs.
+// Both GPT copies must be valid and the same (and, given a manifest, lay
+// out the partitions it lists; slot attributes are state and are not
+// compared); every USR slot in the boot order (priority above 0) must
+// hold a release record with a valid signature and a whole dm-verity tree
+// matching the record's root hash. Writable partitions (ESP, OEM, ROOT)
+// and slots out of the boot order (empty, being written) are not checked.
+func Deployed(ctx context.Context, path string, o DeployedOptions) (*Report, error) {
+	r := &Report{}
+	d, err := layout.OpenDisk(path)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	var t *layout.Table
+	if o.Manifest != "" {
+		m := loadManifest(ctx, r, Options{Manifest: o.Manifest, Verifier: o.Verifier, KeyName: o.KeyName})
+		if m == nil {
+			return r.finish(), nil
+		}
+		var ok bool
+		if t, ok = checkTable(r, d, m); !ok {
+			return r.finish(), nil
+		}
 	} else {
-		r.add("gpt", nil, detail)
+		if t, err = d.ReadTable(); err != nil {
+			r.add("gpt", err, "")
+			return r.finish(), nil
+		}
+		r.add("gpt", t.Copies.Err(), fmt.Sprintf("both copies valid; disk GUID %s, %d partitions", t.DiskGUID, len(t.Partitions)))
 	}
-	checkPartitions(ctx, r, f, m, m.Partitions, func(p *manifest.Partition) int64 { return p.Offset }, o)
+	if len(t.Slots()) == 0 {
+		r.add("slots", errors.New("the disk has no USR slot"), "")
+	}
+	for _, e := range t.Slots() {
+		if ctx.Err() != nil {
+			break
+		}
+		if e.Slot().Priority == 0 {
+			// Out of the boot order: empty, or being written, or given up.
+			r.add("slot "+e.Label, nil, fmt.Sprintf("%s: out of the boot order (priority 0), not checked", e.Label))
+			continue
+		}
+		area := io.NewSectionReader(d.File, e.Offset(), e.Size())
+		rec, err := slot.Read(area, e.Size())
+		if errors.Is(err, slot.ErrNoVerity) || errors.Is(err, slot.ErrNoRecord) {
+			r.add("slot "+e.Label, fmt.Errorf("%s is in the boot order (%s) but holds no release: %v", e.Label, e.Slot(), err), "")
+			continue
+		}
+		if err == nil {
+			err = rec.Verify(o.Verifier)
+		}
+		if err != nil {
+			r.add("slot "+e.Label, fmt.Errorf("%s: %w", e.Label, err), "")
+			continue
+		}
+		v := rec.Record.Verity
+		r.add("slot "+e.Label, nil, fmt.Sprintf("%s: %s %s, release record signed by %s", e.Label, rec.Record.Name, rec.Record.Version, o.KeyName))
+		root, err := v.Root()
+		if err == nil {
+			_, err = verity.Verify(area, 0, v.HashOffset, root)
+		}
+		if err != nil {
+			err = fmt.Errorf("%s: %w", e.Label, err)
+		}
+		r.add("verity "+e.Label, err, fmt.Sprintf("%s: %d data blocks, root %s", e.Label, v.DataBlocks, v.RootHash))
+	}
 	return r.finish(), nil
 }
 

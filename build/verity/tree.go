@@ -206,8 +206,16 @@ func Format(dev ReadWriterAt, dataOffset, hashOffset int64, p Params) (rootHash 
 	if levels > 0 {
 		newHasher(p.Salt).sum(root, level(levels-1))
 	}
-	if _, err := dev.WriteAt(area, hashOffset); err != nil {
-		return nil, fmt.Errorf("verity: writing hash area at byte 0x%x: %w", hashOffset, err)
+	// The superblock, then the tree. The rest of the superblock's block is
+	// left as it is: neither veritysetup nor the kernel reads it, and kiln
+	// keeps a slot's release record there.
+	if _, err := dev.WriteAt(area[:SuperblockSize], hashOffset); err != nil {
+		return nil, fmt.Errorf("verity: writing the superblock at byte 0x%x: %w", hashOffset, err)
+	}
+	if tree := area[g.treeStart-hashOffset:]; len(tree) > 0 {
+		if _, err := dev.WriteAt(tree, g.treeStart); err != nil {
+			return nil, fmt.Errorf("verity: writing the hash tree at byte 0x%x: %w", g.treeStart, err)
+		}
 	}
 	return root, nil
 }

@@ -2,7 +2,8 @@
 // format of veritysetup (cryptsetup), format version 1.
 //
 // The hash area that Format writes starts with a 512-byte veritysetup
-// superblock, padded to a hash block, followed by the tree levels: the top
+// superblock in a block of its own (Format leaves the rest of that block
+// as it is), followed by the tree levels: the top
 // level (a single block) first, the level holding the data blocks' hashes
 // last. Every hash is SHA-256 over the salt followed by the block (hash type
 // 1), each hash block holds hashBlockSize/32 hashes and is zero padded, and

@@ -290,10 +290,33 @@ func TestHashTreeSize(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.Close()
-		if got := st.Size() - int64(n)*bs; got != HashTreeSize(n) {
-			t.Errorf("%d blocks: Format wrote %d bytes, HashTreeSize says %d", n, got, HashTreeSize(n))
+		// Format writes the superblock and the tree, not the rest of the
+		// superblock's block: with one data block (no tree levels) the
+		// file ends after the 512-byte superblock.
+		want := HashTreeSize(n)
+		if n == 1 {
+			want = SuperblockSize
 		}
+		if got := st.Size() - int64(n)*bs; got != want {
+			t.Errorf("%d blocks: Format wrote %d bytes, want %d", n, got, want)
+		}
+		// The superblock's block past the superblock is left alone.
+		pad := make([]byte, bs-SuperblockSize)
+		for i := range pad {
+			pad[i] = 0xa5
+		}
+		if _, err := f.WriteAt(pad, int64(n)*bs+SuperblockSize); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Format(f, 0, int64(n)*bs, Params{DataBlocks: n}); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(pad))
+		f.ReadAt(got, int64(n)*bs+SuperblockSize)
+		if !bytes.Equal(got, pad) {
+			t.Errorf("%d blocks: Format overwrote the rest of the superblock's block", n)
+		}
+		f.Close()
 	}
 	// The USR-A layout: 260094 data blocks, 2 levels.
 	if got, want := HashTreeSize(260094), int64(bs+(2032+16+1)*bs); got != want {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -61,9 +60,7 @@ func newBuildCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return keyError(fmt.Errorf("--sign %s: %w", key, err))
 				}
-				opts.SignManifest = func(ctx context.Context, path string) error {
-					return sign.SignFile(ctx, signer, path)
-				}
+				opts.Signer = signer
 			}
 			res, err := build.Build(cmd.Context(), r, opts)
 			if err != nil {
@@ -91,6 +88,6 @@ func newBuildCommand(g *globals) *cobra.Command {
 	c.Flags().StringVarP(&out, "output", "o", "", "output directory")
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe key (version=1.2.3, partitions.USR-A.source=dir:x)")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
-	c.Flags().StringVar(&key, "sign", "", "sign manifest.json with this key (PEM file, env://VAR or KMS URI)")
+	c.Flags().StringVar(&key, "sign", "", "sign manifest.json and the USR slot's release record with this key (PEM file, env://VAR or KMS URI); payload apply installs only signed releases")
 	return c
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -32,7 +33,7 @@ func TestInProcessInitShowStatus(t *testing.T) {
 		t.Fatalf("show: %+v", show)
 	}
 	out, _, code = runKiln("slot", "status", disk)
-	if code != 0 || !strings.Contains(out, "* USR-A") {
+	if code != 0 || !regexp.MustCompile(`USR-A +3 +1 +0 +true +- +none +booted, next\n`).MatchString(out) {
 		t.Fatalf("status: %d %s", code, out)
 	}
 }

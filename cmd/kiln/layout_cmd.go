@@ -1,8 +1,8 @@
 package main
 
 import (
+	"errors"
 	"fmt"
-	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -93,14 +93,25 @@ func newLayoutCheckCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			damage := t.Copies.Err()
 			if g.json {
-				if err := g.printJSON(map[string]any{"disk": args[0], "layout": l.Name, "match": len(diffs) == 0, "differences": nonNil(diffs)}); err != nil {
+				out := map[string]any{"disk": args[0], "layout": l.Name, "match": len(diffs) == 0 && damage == nil, "differences": nonNil(diffs)}
+				if damage != nil {
+					out["gpt_damage"] = damage.Error()
+				}
+				if err := g.printJSON(out); err != nil {
 					return err
 				}
 			} else {
+				if damage != nil {
+					fmt.Fprintf(g.env.Stdout, "GPT: %v\n", damage)
+				}
 				for _, d := range diffs {
 					fmt.Fprintln(g.env.Stdout, d)
 				}
+			}
+			if damage != nil {
+				return failed(fmt.Errorf("%s: %w (the next kiln command that writes the disk repairs it; so do sgdisk -e and cgpt repair)", args[0], damage))
 			}
 			if len(diffs) > 0 {
 				return failed(fmt.Errorf("%s does not match layout %s: %d difference(s)", args[0], l.Name, len(diffs)))
@@ -124,12 +135,30 @@ func nonNil[T any](s []T) []T {
 
 // readDisk opens a disk image or device read-only and reads its GPT.
 func readDisk(path string) (*layout.Table, error) {
-	f, err := os.Open(path)
+	d, err := openDisk(path, false)
 	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.ReadTable()
+}
+
+// openDisk opens a disk image or device, for writing under its lock when
+// write is set. A path that is not a disk is bad input (exit 2); a disk
+// another command holds is a failure (exit 1).
+func openDisk(path string, write bool) (*layout.Disk, error) {
+	open := layout.OpenDisk
+	if write {
+		open = layout.OpenDiskForWriting
+	}
+	d, err := open(path)
+	switch {
+	case errors.Is(err, layout.ErrLocked):
+		return nil, failed(err)
+	case err != nil:
 		return nil, usageError(err)
 	}
-	defer f.Close()
-	return layout.ReadTable(f)
+	return d, nil
 }
 
 type entryJSON struct {
@@ -152,11 +181,15 @@ type tableJSONOut struct {
 	Size       int64       `json:"size"`
 	Sectors    uint64      `json:"sectors"`
 	FromBackup bool        `json:"from_backup"`
+	GPTDamage  string      `json:"gpt_damage,omitempty"`
 	Partitions []entryJSON `json:"partitions"`
 }
 
 func tableJSON(disk string, t *layout.Table) tableJSONOut {
-	out := tableJSONOut{Disk: disk, DiskGUID: t.DiskGUID, Size: t.Size(), Sectors: t.Sectors, FromBackup: t.FromBackup, Partitions: []entryJSON{}}
+	out := tableJSONOut{Disk: disk, DiskGUID: t.DiskGUID, Size: t.Size(), Sectors: t.Sectors, FromBackup: t.FromBackup(), Partitions: []entryJSON{}}
+	if err := t.Copies.Err(); err != nil {
+		out.GPTDamage = err.Error()
+	}
 	for _, e := range t.Partitions {
 		j := entryJSON{
 			Number: e.Number, Label: e.Label, Type: e.Type, TypeName: layout.TypeName(e.Type), GUID: e.GUID,
@@ -175,8 +208,8 @@ func tableJSON(disk string, t *layout.Table) tableJSONOut {
 func printTable(g *globals, disk string, t *layout.Table) error {
 	w := g.env.Stdout
 	fmt.Fprintf(w, "%s: %s (%d sectors), disk GUID %s\n", disk, layout.HumanSize(t.Size()), t.Sectors, t.DiskGUID)
-	if t.FromBackup {
-		fmt.Fprintln(w, "warning: the primary GPT is damaged; this table was read from the backup GPT")
+	if err := t.Copies.Err(); err != nil {
+		fmt.Fprintf(w, "warning: %v; the table shown is the %s copy\n", err, map[bool]string{true: "backup", false: "primary"}[t.FromBackup()])
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tLABEL\tTYPE\tSTART\tSIZE\tGUID\tSLOT")

@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
-	"os"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verify"
 	"github.com/kiln-os/kiln/layout"
 	"github.com/kiln-os/kiln/sign"
@@ -20,105 +22,156 @@ func newSlotCommand(g *globals) *cobra.Command {
 	return c
 }
 
-type slotJSON struct {
-	Label string           `json:"label"`
-	Num   int              `json:"number"`
-	GUID  layout.GUID      `json:"guid"`
-	State layout.SlotState `json:"state"`
-	Next  bool             `json:"boots_next"`
+// slotKey is the --key flag of the slot commands: with it, each slot's
+// release record signature is checked.
+func slotKey(c *cobra.Command, key *string) {
+	c.Flags().StringVar(key, "key", "", "check each slot's release record signature with this public key")
 }
 
-type slotStatusJSON struct {
-	Disk   string     `json:"disk"`
-	Next   string     `json:"next,omitempty"`
-	Reason string     `json:"reason"`
-	Slots  []slotJSON `json:"slots"`
-}
-
-func slotStatus(disk string, t *layout.Table) slotStatusJSON {
-	out := slotStatusJSON{Disk: disk, Slots: []slotJSON{}}
-	next, why, err := t.NextSlot()
+// loadOptionalVerifier loads --key when given.
+func loadOptionalVerifier(cmd *cobra.Command, key string) (sign.Verifier, error) {
+	if key == "" {
+		return nil, nil
+	}
+	v, err := sign.LoadVerifier(cmd.Context(), key)
 	if err != nil {
-		out.Reason = err.Error()
-	} else {
-		out.Next, out.Reason = next.Label, why
+		return nil, keyError(fmt.Errorf("--key %s: %w", key, err))
 	}
-	for _, e := range t.Slots() {
-		out.Slots = append(out.Slots, slotJSON{Label: e.Label, Num: e.Number, GUID: e.GUID, State: e.Slot(), Next: e == next})
-	}
-	return out
+	return v, nil
 }
 
-func printSlotStatus(g *globals, s slotStatusJSON) {
+func printSlotStatus(g *globals, s *slot.Status) {
 	w := g.env.Stdout
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tPARTITION\tPRIORITY\tTRIES\tSUCCESSFUL\tVERSION\tRECORD\tROLE")
 	for _, sl := range s.Slots {
-		mark := " "
-		if sl.Next {
-			mark = "*"
+		var roles []string
+		for _, r := range []struct {
+			on   bool
+			name string
+		}{{sl.Booted, "booted"}, {sl.Next, "next"}, {sl.OnTrial, "on trial"}, {sl.Fallback, "fallback"}} {
+			if r.on {
+				roles = append(roles, r.name)
+			}
 		}
-		fmt.Fprintf(w, "%s %-6s (partition %d)  %s\n", mark, sl.Label, sl.Num, sl.State)
+		version := sl.Version
+		if version == "" {
+			version = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%s\t%s\t%s\n", sl.Label, sl.Number, sl.State.Priority, sl.State.Tries, sl.State.Successful, version, sl.Record, strings.Join(roles, ", "))
+	}
+	tw.Flush()
+	if s.Booted != "" {
+		fmt.Fprintf(w, "booted: %s: %s\n", s.Booted, s.BootedHow)
+	} else {
+		fmt.Fprintf(w, "booted: none: %s\n", s.BootedHow)
 	}
 	if s.Next != "" {
-		fmt.Fprintf(w, "next boot: %s: %s\n", s.Next, s.Reason)
+		fmt.Fprintf(w, "next boot: %s: %s\n", s.Next, s.NextWhy)
 	} else {
-		fmt.Fprintf(w, "next boot: none: %s\n", s.Reason)
+		fmt.Fprintf(w, "next boot: none: %s\n", s.NextWhy)
 	}
+}
+
+// statusOf reads the slot status of an open disk.
+func statusOf(d *layout.Disk, t *layout.Table, v sign.Verifier) (*slot.Status, error) {
+	b, err := slot.FindBooted(slot.System{}, d.File, t)
+	if err != nil {
+		return nil, err
+	}
+	return slot.ReadStatus(d.File, t, b, v), nil
 }
 
 func newSlotStatusCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "status DISK",
-		Short: "Show which USR slot boots next and why (GRUB gptprio's rule)",
+	var key string
+	c := &cobra.Command{
+		Use:   "status DISK [--key PUBKEY]",
+		Short: "Show each USR slot's state, release and role: booted, next (GRUB gptprio's rule), on trial, fallback",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := readDisk(args[0])
+			v, err := loadOptionalVerifier(cmd, key)
 			if err != nil {
 				return err
+			}
+			d, err := openDisk(args[0], false)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			t, err := d.ReadTable()
+			if err != nil {
+				return failed(err)
 			}
 			if len(t.Slots()) == 0 {
 				return failed(fmt.Errorf("%s: no USR slots (no partition of type coreos-usr)", args[0]))
 			}
-			s := slotStatus(args[0], t)
+			s, err := statusOf(d, t, v)
+			if err != nil {
+				return err
+			}
 			if g.json {
-				if err := g.printJSON(s); err != nil {
+				if err := g.printJSON(struct {
+					Disk string `json:"disk"`
+					*slot.Status
+				}{args[0], s}); err != nil {
 					return err
 				}
 			} else {
 				printSlotStatus(g, s)
 			}
 			if s.Next == "" {
-				return failed(fmt.Errorf("%s: %s", args[0], s.Reason))
+				return failed(fmt.Errorf("%s: %s", args[0], s.NextWhy))
 			}
 			return nil
 		},
 	}
+	slotKey(c, &key)
+	return c
 }
 
-// changeSlots reads the disk's GPT read-write, applies change, and writes
-// the attribute bits back to both GPT copies.
-func changeSlots(g *globals, disk string, change func(*layout.Table) (*layout.Entry, error), verb string) error {
-	f, err := os.OpenFile(disk, os.O_RDWR, 0)
-	if err != nil {
-		return usageError(err)
-	}
-	defer f.Close()
-	t, err := layout.ReadTable(f)
+// changeSlots opens the disk for writing (under its lock), reads its GPT,
+// applies change, which returns the slot it changed, and writes the
+// attribute bits back to both GPT copies (repairing a damaged copy).
+func changeSlots(g *globals, disk string, change func(*layout.Table, slot.Booted) (*layout.Entry, error), verb string) error {
+	d, err := openDisk(disk, true)
 	if err != nil {
 		return err
 	}
-	if t.FromBackup {
-		return failed(fmt.Errorf("%s: the primary GPT is damaged; refusing to change slot state (repair the GPT first, e.g. sgdisk -e)", disk))
+	defer d.Close()
+	return changeSlotsOn(g, d, change, verb)
+}
+
+// changeSlotsOn is changeSlots on a disk already open for writing.
+func changeSlotsOn(g *globals, d *layout.Disk, change func(*layout.Table, slot.Booted) (*layout.Entry, error), verb string) error {
+	disk := d.Path
+	t, err := d.ReadTable()
+	if err != nil {
+		return failed(err)
 	}
-	e, err := change(t)
+	b, err := slot.FindBooted(slot.System{}, d.File, t)
+	if err != nil {
+		return failed(err)
+	}
+	e, err := change(t, b)
 	if err != nil {
 		return failed(fmt.Errorf("%s: %w", disk, err))
 	}
-	if err := layout.UpdateAttributes(f, t); err != nil {
-		return err
+	if err := d.UpdateAttributes(t); err != nil {
+		return failed(err)
 	}
-	s := slotStatus(disk, t)
+	if t, err = d.ReadTable(); err != nil {
+		return failed(err)
+	}
+	if b, err = slot.FindBooted(slot.System{}, d.File, t); err != nil {
+		return failed(err)
+	}
+	s := slot.ReadStatus(d.File, t, b, nil)
 	if g.json {
-		return g.printJSON(s)
+		return g.printJSON(struct {
+			Disk    string `json:"disk"`
+			Changed string `json:"changed"`
+			*slot.Status
+		}{disk, e.Label, s})
 	}
 	fmt.Fprintf(g.env.Stdout, "%s: %s %s\n", disk, e.Label, verb)
 	printSlotStatus(g, s)
@@ -127,11 +180,27 @@ func changeSlots(g *globals, disk string, change func(*layout.Table) (*layout.En
 
 func newSlotMarkGoodCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "mark-good DISK",
-		Short: "Mark the slot that boots next as successfully booted (successful=1, tries=0)",
-		Args:  cobra.ExactArgs(1),
+		Use:   "mark-good DISK [SLOT]",
+		Short: "Mark the booted slot (or SLOT) as successfully booted",
+		Long: "Marks the slot that is booted: on the running system, the partition under /usr (through dm-verity);\n" +
+			"on a disk image, the slot GRUB's gptprio tried last (tries used up, not yet good), else the good slot\n" +
+			"with the highest priority; or the SLOT named. It gets successful=1, tries=0 and priority 2, and every\n" +
+			"other slot in the boot order priority 1, so priorities never climb to the ceiling of 15.",
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return changeSlots(g, args[0], (*layout.Table).MarkGood, "marked good")
+			return changeSlots(g, args[0], func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
+				e := b.Entry
+				if len(args) == 2 {
+					var err error
+					if e, err = t.Lookup(args[1]); err != nil {
+						return nil, err
+					}
+				}
+				if e == nil {
+					return nil, fmt.Errorf("no slot is booted (%s); name the slot to mark", b.How)
+				}
+				return e, slot.MarkGood(t, e)
+			}, "marked good")
 		},
 	}
 }
@@ -139,10 +208,12 @@ func newSlotMarkGoodCommand(g *globals) *cobra.Command {
 func newSlotRollbackCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "rollback DISK",
-		Short: "Make the other slot boot next, if it booted successfully before",
+		Short: "Abandon the booted slot: a slot on trial leaves the boot order; a good one yields to the other good slot",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return changeSlots(g, args[0], (*layout.Table).Rollback, "boots next")
+			return changeSlots(g, args[0], func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
+				return slot.Rollback(t, b.Entry)
+			}, "boots next")
 		},
 	}
 }
@@ -206,9 +277,16 @@ func newSlotMarkBootableCommand(g *globals) *cobra.Command {
 	var f slotVerifyFlags
 	c := &cobra.Command{
 		Use:   "mark-bootable DISK SLOT --manifest MANIFEST --key PUBKEY",
-		Short: "Verify a USR slot, then make it boot next on trial (priority above the active slot, tries 1)",
+		Short: "Verify a USR slot, then make it boot next on trial (priority above the other slot, tries 1)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The lock first: the slot cannot change between its check and
+			// its marking.
+			d, err := openDisk(args[0], true)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
 			rep, err := verifySlot(cmd, g, args[0], args[1], &f)
 			if err != nil {
 				return err
@@ -219,15 +297,18 @@ func newSlotMarkBootableCommand(g *globals) *cobra.Command {
 				}
 				return failed(fmt.Errorf("%s: slot %s does not verify; not marked bootable", args[0], args[1]))
 			}
-			return changeSlots(g, args[0], func(t *layout.Table) (*layout.Entry, error) {
+			return changeSlotsOn(g, d, func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
 				e, err := t.Lookup(args[1])
 				if err != nil {
 					return nil, err
 				}
-				if active, err := t.ActiveSlot(); err == nil && active.Number == e.Number {
-					return nil, fmt.Errorf("%s is the active slot (the one that booted successfully); mark-bootable is for the other slot", e.Label)
+				if b.Entry == e {
+					return nil, fmt.Errorf("%s is the booted slot (%s); mark-bootable is for the other slot", e.Label, b.How)
 				}
-				return e, t.MarkTrial(e)
+				if b.Entry != nil && slot.OnTrial(b.Entry.Slot()) {
+					return nil, fmt.Errorf("%s booted on trial and is not marked good; a second slot on trial would leave no fallback", b.Entry.Label)
+				}
+				return e, slot.MarkTrial(t, e)
 			}, "marked bootable (on trial)")
 		},
 	}

@@ -104,3 +104,35 @@ func Extents(r io.ReaderAt, off, size int64, fn func(off, n int64, hole bool) er
 	}
 	return nil
 }
+
+// Span is one byte range of a reader.
+type Span struct{ Off, Size int64 }
+
+// Concat returns the hex SHA-256 of the spans of r, concatenated in order
+// (holes of a sparse file read as zeros without reading them).
+func Concat(r io.ReaderAt, spans []Span) (string, error) {
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	zeros := make([]byte, len(buf))
+	for _, s := range spans {
+		err := Extents(r, s.Off, s.Size, func(off, n int64, hole bool) error {
+			for n > 0 {
+				c := min(n, int64(len(buf)))
+				if hole {
+					h.Write(zeros[:c])
+				} else {
+					if _, err := r.ReadAt(buf[:c], off); err != nil {
+						return err
+					}
+					h.Write(buf[:c])
+				}
+				off, n = off+c, n-c
+			}
+			return nil
+		})
+		if err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,235 @@
+package slot
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/kiln-os/kiln/layout"
+)
+
+type st = layout.SlotState
+
+func slotTable(a, b st) *layout.Table {
+	return &layout.Table{Sectors: 1 << 20, Partitions: []layout.Entry{
+		{Number: 1, Label: "EFI-SYSTEM", Type: layout.TypeESP, Start: 2048, Sectors: 2048},
+		{Number: 3, Label: "USR-A", Type: layout.TypeCoreOSUsr, Start: 4096, Sectors: 2048, Attributes: a.Attributes(0)},
+		{Number: 4, Label: "USR-B", Type: layout.TypeCoreOSUsr, Start: 6144, Sectors: 2048, Attributes: b.Attributes(0)},
+	}}
+}
+
+func lookup(t *layout.Table, label string) *layout.Entry {
+	e, err := t.Lookup(label)
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+func TestNextFollowsGptprio(t *testing.T) {
+	cases := []struct {
+		a, b st
+		want string // "" = none
+	}{
+		{st{1, 0, true}, st{0, 0, false}, "USR-A"},
+		{st{1, 0, true}, st{2, 1, false}, "USR-B"}, // new update on trial
+		{st{1, 0, true}, st{2, 0, false}, "USR-A"}, // trial used up: fall back
+		{st{2, 0, true}, st{2, 0, true}, "USR-A"},  // tie: first in table order
+		{st{0, 5, true}, st{0, 0, true}, ""},       // priority 0 never boots
+		{st{1, 0, false}, st{3, 0, false}, ""},     // nothing bootable
+		{st{15, 0, true}, st{14, 15, false}, "USR-A"},
+	}
+	for _, c := range cases {
+		tb := slotTable(c.a, c.b)
+		e, why, err := Next(tb)
+		if c.want == "" {
+			if !errors.Is(err, ErrNoBootableSlot) {
+				t.Errorf("%v %v: got %v %v, want no bootable slot", c.a, c.b, e, err)
+			}
+			continue
+		}
+		if err != nil || e.Label != c.want || why == "" {
+			t.Errorf("%v %v: got %v %q %v, want %s", c.a, c.b, e, why, err, c.want)
+		}
+	}
+}
+
+// TestTryIsGptprioNext: Try picks as Next does and lowers the tries of a
+// slot on trial, so its second boot falls back.
+func TestTryIsGptprioNext(t *testing.T) {
+	tb := slotTable(st{1, 0, true}, st{2, 2, false})
+	for i, want := range []string{"USR-B", "USR-B", "USR-A", "USR-A"} {
+		e, err := Try(tb)
+		if err != nil || e.Label != want {
+			t.Fatalf("boot %d: %v %v, want %s", i+1, e, err, want)
+		}
+	}
+	if b := lookup(tb, "USR-B").Slot(); b != (st{2, 0, false}) {
+		t.Fatalf("USR-B after its tries: %v", b)
+	}
+	if a := lookup(tb, "USR-A").Slot(); a != (st{1, 0, true}) {
+		t.Fatalf("a successful slot's bits changed: %v", a)
+	}
+}
+
+func TestInferBootedAndRoles(t *testing.T) {
+	cases := []struct {
+		a, b   st
+		booted string
+		roles  string // roles of A, then B
+	}{
+		// Fresh image.
+		{st{1, 0, true}, st{0, 0, false}, "USR-A", "booted next | "},
+		// Update installed, not yet tried: A runs, B boots next.
+		{st{1, 0, true}, st{2, 1, false}, "USR-A", "booted fallback | next on-trial"},
+		// gptprio tried B: B is booted (or failed), A boots next.
+		{st{1, 0, true}, st{2, 0, false}, "USR-B", "next fallback | booted on-trial"},
+		// B marked good.
+		{st{1, 0, true}, st{2, 0, true}, "USR-B", "fallback | booted next"},
+		// A failed trial long ago, outranked by a good slot: not booted.
+		{st{3, 0, true}, st{2, 0, false}, "USR-A", "booted next | on-trial"},
+		// Nothing has booted.
+		{st{0, 0, false}, st{0, 0, false}, "", " | "},
+	}
+	for _, c := range cases {
+		tb := slotTable(c.a, c.b)
+		e, how := InferBooted(tb)
+		got := ""
+		if e != nil {
+			got = e.Label
+		}
+		if got != c.booted || how == "" {
+			t.Errorf("%v %v: booted %q (%s), want %q", c.a, c.b, got, how, c.booted)
+		}
+		r := RolesOf(tb, e)
+		if s := roleString(r[0]) + " | " + roleString(r[1]); s != c.roles {
+			t.Errorf("%v %v: roles %q, want %q", c.a, c.b, s, c.roles)
+		}
+	}
+}
+
+func roleString(r Roles) string {
+	s := ""
+	for _, x := range []struct {
+		on   bool
+		name string
+	}{{r.Booted, "booted"}, {r.Next, "next"}, {r.OnTrial, "on-trial"}, {r.Fallback, "fallback"}} {
+		if x.on {
+			if s != "" {
+				s += " "
+			}
+			s += x.name
+		}
+	}
+	return s
+}
+
+func TestMarkGood(t *testing.T) {
+	cases := []struct {
+		a, b   st
+		mark   string
+		wa, wb st
+	}{
+		// After B's trial boot: B good, priorities back to 1 and 2.
+		{st{1, 0, true}, st{2, 0, false}, "USR-B", st{1, 0, true}, st{2, 0, true}},
+		// Priorities climbed: brought down, order kept.
+		{st{9, 0, true}, st{10, 0, false}, "USR-B", st{1, 0, true}, st{2, 0, true}},
+		// The booted A is marked while B waits for its trial: B keeps
+		// outranking A.
+		{st{1, 0, true}, st{2, 1, false}, "USR-A", st{1, 0, true}, st{2, 1, false}},
+		// A slot out of the boot order stays out.
+		{st{1, 0, true}, st{0, 0, false}, "USR-A", st{2, 0, true}, st{0, 0, false}},
+	}
+	for _, c := range cases {
+		tb := slotTable(c.a, c.b)
+		if err := MarkGood(tb, lookup(tb, c.mark)); err != nil {
+			t.Fatal(err)
+		}
+		if a, b := lookup(tb, "USR-A").Slot(), lookup(tb, "USR-B").Slot(); a != c.wa || b != c.wb {
+			t.Errorf("%v %v mark %s: got %v %v, want %v %v", c.a, c.b, c.mark, a, b, c.wa, c.wb)
+		}
+	}
+	// Over many updates priorities never reach the ceiling.
+	tb := slotTable(st{1, 0, true}, st{0, 0, false})
+	target := "USR-B"
+	for i := range 40 {
+		e := lookup(tb, target)
+		MarkUnbootable(e)
+		if err := MarkTrial(tb, e); err != nil {
+			t.Fatalf("update %d: %v", i, err)
+		}
+		booted, err := Try(tb)
+		if err != nil || booted != e {
+			t.Fatalf("update %d: booted %v %v", i, booted, err)
+		}
+		if err := MarkGood(tb, booted); err != nil {
+			t.Fatal(err)
+		}
+		target = map[string]string{"USR-A": "USR-B", "USR-B": "USR-A"}[target]
+	}
+	if p := max(lookup(tb, "USR-A").Slot().Priority, lookup(tb, "USR-B").Slot().Priority); p > 3 {
+		t.Fatalf("priority %d after 40 updates", p)
+	}
+	if err := MarkGood(tb, &tb.Partitions[0]); err == nil {
+		t.Fatal("a non-USR partition was marked good")
+	}
+	if err := MarkGood(slotTable(st{1, 0, true}, st{0, 0, false}), &slotTable(st{}, st{}).Partitions[2]); err == nil {
+		t.Fatal("a slot with priority 0 was marked good")
+	}
+}
+
+func TestRollback(t *testing.T) {
+	// Good booted slot: the other good slot gets a higher priority.
+	tb := slotTable(st{1, 0, true}, st{2, 0, true})
+	n, err := Rollback(tb, lookup(tb, "USR-B"))
+	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-A").Slot().Priority != 3 {
+		t.Fatalf("rollback: %v %v %v", n, err, lookup(tb, "USR-A").Slot())
+	}
+	// At the ceiling the booted slot steps down instead.
+	tb = slotTable(st{3, 0, true}, st{15, 0, true})
+	n, err = Rollback(tb, lookup(tb, "USR-B"))
+	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-B").Slot().Priority != 14 || lookup(tb, "USR-A").Slot().Priority != 15 {
+		t.Fatal(n, err)
+	}
+	// A booted trial slot is abandoned: out of the boot order.
+	tb = slotTable(st{1, 0, true}, st{2, 0, false})
+	n, err = Rollback(tb, lookup(tb, "USR-B"))
+	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-B").Slot() != (st{}) {
+		t.Fatalf("abandon trial: %v %v %v", n, err, lookup(tb, "USR-B").Slot())
+	}
+	// Nothing to go back to.
+	tb = slotTable(st{1, 0, true}, st{0, 0, false})
+	if _, err := Rollback(tb, lookup(tb, "USR-A")); !errors.Is(err, ErrRollback) {
+		t.Fatalf("rollback to a slot that never booted: %v", err)
+	}
+	tb = slotTable(st{0, 0, true}, st{2, 0, false})
+	if _, err := Rollback(tb, lookup(tb, "USR-B")); !errors.Is(err, ErrRollback) {
+		t.Fatalf("abandoning a trial with the fallback out of the boot order: %v", err)
+	}
+	if _, err := Rollback(tb, nil); !errors.Is(err, ErrRollback) {
+		t.Fatalf("rollback with nothing booted: %v", err)
+	}
+}
+
+func TestMarkTrialChangesOnlyItsSlot(t *testing.T) {
+	tb := slotTable(st{1, 0, true}, st{0, 0, false})
+	b := lookup(tb, "USR-B")
+	if err := MarkTrial(tb, b); err != nil {
+		t.Fatal(err)
+	}
+	if b.Slot() != (st{2, 1, false}) || lookup(tb, "USR-A").Slot() != (st{1, 0, true}) {
+		t.Fatalf("after MarkTrial: %v %v", lookup(tb, "USR-A").Slot(), b.Slot())
+	}
+	// At the ceiling it refuses, and changes nothing.
+	tb = slotTable(st{15, 0, true}, st{0, 0, false})
+	before := fmt.Sprint(tb.Partitions)
+	if err := MarkTrial(tb, lookup(tb, "USR-B")); !errors.Is(err, ErrPriorityCeiling) {
+		t.Fatalf("at the ceiling: %v", err)
+	}
+	if fmt.Sprint(tb.Partitions) != before {
+		t.Fatal("a refused MarkTrial changed the table")
+	}
+	if err := MarkTrial(tb, &tb.Partitions[0]); err == nil {
+		t.Fatal("a non-USR partition was put on trial")
+	}
+}

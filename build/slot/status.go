@@ -1,0 +1,101 @@
+package slot
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/kiln-os/kiln/layout"
+	"github.com/kiln-os/kiln/sign"
+)
+
+// Booted is the booted slot of a disk and how it was found.
+type Booted struct {
+	Entry *layout.Entry // nil: none
+	How   string
+	// Running is set when the running system booted from it, not inferred
+	// from the slot bits.
+	Running bool
+}
+
+// FindBooted returns the booted slot of disk: the running system's when
+// disk is its disk, else the one the slot bits tell (InferBooted).
+func FindBooted(sys System, disk *os.File, t *layout.Table) (Booted, error) {
+	e, how, err := sys.Booted(disk, t)
+	if err != nil {
+		return Booted{}, err
+	}
+	if e != nil {
+		return Booted{Entry: e, How: how, Running: true}, nil
+	}
+	e, how = InferBooted(t)
+	return Booted{Entry: e, How: how}, nil
+}
+
+// Info is one USR slot as Status reports it.
+type Info struct {
+	Label  string           `json:"label"`
+	Number int              `json:"number"`
+	GUID   layout.GUID      `json:"guid"`
+	State  layout.SlotState `json:"state"`
+	Roles
+	// Version is the release in the slot's record ("" when it has none).
+	Version string `json:"version,omitempty"`
+	// Record says whether the record is there and its signature good:
+	// "verified", "not checked (no key)", "unsigned", "none" or
+	// "INVALID: …".
+	Record string `json:"record"`
+}
+
+// Status is the A/B state of a disk.
+type Status struct {
+	Booted    string `json:"booted,omitempty"`
+	BootedHow string `json:"booted_how"`
+	Running   bool   `json:"running"`
+	Next      string `json:"next,omitempty"`
+	NextWhy   string `json:"next_why"`
+	Slots     []Info `json:"slots"`
+}
+
+// ReadStatus reads every slot's release record from the disk r laid out as
+// t and checks its signature with v (nil: not checked).
+func ReadStatus(r io.ReaderAt, t *layout.Table, b Booted, v sign.Verifier) *Status {
+	s := &Status{BootedHow: b.How, Running: b.Running, Slots: []Info{}}
+	if b.Entry != nil {
+		s.Booted = b.Entry.Label
+	}
+	next, why, err := Next(t)
+	if err != nil {
+		s.NextWhy = err.Error()
+	} else {
+		s.Next, s.NextWhy = next.Label, why
+	}
+	roles := RolesOf(t, b.Entry)
+	for i, e := range t.Slots() {
+		in := Info{Label: e.Label, Number: e.Number, GUID: e.GUID, State: e.Slot(), Roles: roles[i]}
+		rec, err := Read(io.NewSectionReader(r, e.Offset(), e.Size()), e.Size())
+		switch {
+		case errors.Is(err, ErrNoVerity) || errors.Is(err, ErrNoRecord):
+			in.Record = "none"
+		case err != nil:
+			in.Record = "INVALID: " + err.Error()
+		default:
+			in.Version = rec.Record.Version
+			switch {
+			case len(rec.Signature) == 0:
+				in.Record = "unsigned"
+			case v == nil:
+				in.Record = "not checked (no key)"
+			default:
+				if err := rec.Verify(v); err != nil {
+					in.Record = fmt.Sprintf("INVALID: %v", err)
+				} else {
+					in.Record = "verified"
+				}
+			}
+		}
+		s.Slots = append(s.Slots, in)
+	}
+	return s
+}
