@@ -3,7 +3,6 @@ package slot
 import (
 	"bytes"
 	"crypto"
-	"io"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -12,6 +11,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 

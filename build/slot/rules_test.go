@@ -8,9 +8,12 @@ import (
 	"github.com/kiln-os/kiln/layout"
 )
 
-type st = layout.SlotState
+// st is a slot state: priority, tries, successful.
+func st(priority, tries uint8, successful bool) layout.SlotState {
+	return layout.SlotState{Priority: priority, Tries: tries, Successful: successful}
+}
 
-func slotTable(a, b st) *layout.Table {
+func slotTable(a, b layout.SlotState) *layout.Table {
 	return &layout.Table{Sectors: 1 << 20, Partitions: []layout.Entry{
 		{Number: 1, Label: "EFI-SYSTEM", Type: layout.TypeESP, Start: 2048, Sectors: 2048},
 		{Number: 3, Label: "USR-A", Type: layout.TypeCoreOSUsr, Start: 4096, Sectors: 2048, Attributes: a.Attributes(0)},
@@ -28,16 +31,16 @@ func lookup(t *layout.Table, label string) *layout.Entry {
 
 func TestNextFollowsGptprio(t *testing.T) {
 	cases := []struct {
-		a, b st
+		a, b layout.SlotState
 		want string // "" = none
 	}{
-		{st{1, 0, true}, st{0, 0, false}, "USR-A"},
-		{st{1, 0, true}, st{2, 1, false}, "USR-B"}, // new update on trial
-		{st{1, 0, true}, st{2, 0, false}, "USR-A"}, // trial used up: fall back
-		{st{2, 0, true}, st{2, 0, true}, "USR-A"},  // tie: first in table order
-		{st{0, 5, true}, st{0, 0, true}, ""},       // priority 0 never boots
-		{st{1, 0, false}, st{3, 0, false}, ""},     // nothing bootable
-		{st{15, 0, true}, st{14, 15, false}, "USR-A"},
+		{st(1, 0, true), st(0, 0, false), "USR-A"},
+		{st(1, 0, true), st(2, 1, false), "USR-B"}, // new update on trial
+		{st(1, 0, true), st(2, 0, false), "USR-A"}, // trial used up: fall back
+		{st(2, 0, true), st(2, 0, true), "USR-A"},  // tie: first in table order
+		{st(0, 5, true), st(0, 0, true), ""},       // priority 0 never boots
+		{st(1, 0, false), st(3, 0, false), ""},     // nothing bootable
+		{st(15, 0, true), st(14, 15, false), "USR-A"},
 	}
 	for _, c := range cases {
 		tb := slotTable(c.a, c.b)
@@ -57,39 +60,39 @@ func TestNextFollowsGptprio(t *testing.T) {
 // TestTryIsGptprioNext: Try picks as Next does and lowers the tries of a
 // slot on trial, so its second boot falls back.
 func TestTryIsGptprioNext(t *testing.T) {
-	tb := slotTable(st{1, 0, true}, st{2, 2, false})
+	tb := slotTable(st(1, 0, true), st(2, 2, false))
 	for i, want := range []string{"USR-B", "USR-B", "USR-A", "USR-A"} {
 		e, err := Try(tb)
 		if err != nil || e.Label != want {
 			t.Fatalf("boot %d: %v %v, want %s", i+1, e, err, want)
 		}
 	}
-	if b := lookup(tb, "USR-B").Slot(); b != (st{2, 0, false}) {
+	if b := lookup(tb, "USR-B").Slot(); b != (st(2, 0, false)) {
 		t.Fatalf("USR-B after its tries: %v", b)
 	}
-	if a := lookup(tb, "USR-A").Slot(); a != (st{1, 0, true}) {
+	if a := lookup(tb, "USR-A").Slot(); a != (st(1, 0, true)) {
 		t.Fatalf("a successful slot's bits changed: %v", a)
 	}
 }
 
 func TestInferBootedAndRoles(t *testing.T) {
 	cases := []struct {
-		a, b   st
+		a, b   layout.SlotState
 		booted string
 		roles  string // roles of A, then B
 	}{
 		// Fresh image.
-		{st{1, 0, true}, st{0, 0, false}, "USR-A", "booted next | "},
+		{st(1, 0, true), st(0, 0, false), "USR-A", "booted next | "},
 		// Update installed, not yet tried: A runs, B boots next.
-		{st{1, 0, true}, st{2, 1, false}, "USR-A", "booted fallback | next on-trial"},
+		{st(1, 0, true), st(2, 1, false), "USR-A", "booted fallback | next on-trial"},
 		// gptprio tried B: B is booted (or failed), A boots next.
-		{st{1, 0, true}, st{2, 0, false}, "USR-B", "next fallback | booted on-trial"},
+		{st(1, 0, true), st(2, 0, false), "USR-B", "next fallback | booted on-trial"},
 		// B marked good.
-		{st{1, 0, true}, st{2, 0, true}, "USR-B", "fallback | booted next"},
+		{st(1, 0, true), st(2, 0, true), "USR-B", "fallback | booted next"},
 		// A failed trial long ago, outranked by a good slot: not booted.
-		{st{3, 0, true}, st{2, 0, false}, "USR-A", "booted next | on-trial"},
+		{st(3, 0, true), st(2, 0, false), "USR-A", "booted next | on-trial"},
 		// Nothing has booted.
-		{st{0, 0, false}, st{0, 0, false}, "", " | "},
+		{st(0, 0, false), st(0, 0, false), "", " | "},
 	}
 	for _, c := range cases {
 		tb := slotTable(c.a, c.b)
@@ -126,19 +129,19 @@ func roleString(r Roles) string {
 
 func TestMarkGood(t *testing.T) {
 	cases := []struct {
-		a, b   st
+		a, b   layout.SlotState
 		mark   string
-		wa, wb st
+		wa, wb layout.SlotState
 	}{
 		// After B's trial boot: B good, priorities back to 1 and 2.
-		{st{1, 0, true}, st{2, 0, false}, "USR-B", st{1, 0, true}, st{2, 0, true}},
+		{st(1, 0, true), st(2, 0, false), "USR-B", st(1, 0, true), st(2, 0, true)},
 		// Priorities climbed: brought down, order kept.
-		{st{9, 0, true}, st{10, 0, false}, "USR-B", st{1, 0, true}, st{2, 0, true}},
+		{st(9, 0, true), st(10, 0, false), "USR-B", st(1, 0, true), st(2, 0, true)},
 		// The booted A is marked while B waits for its trial: B keeps
 		// outranking A.
-		{st{1, 0, true}, st{2, 1, false}, "USR-A", st{1, 0, true}, st{2, 1, false}},
+		{st(1, 0, true), st(2, 1, false), "USR-A", st(1, 0, true), st(2, 1, false)},
 		// A slot out of the boot order stays out.
-		{st{1, 0, true}, st{0, 0, false}, "USR-A", st{2, 0, true}, st{0, 0, false}},
+		{st(1, 0, true), st(0, 0, false), "USR-A", st(2, 0, true), st(0, 0, false)},
 	}
 	for _, c := range cases {
 		tb := slotTable(c.a, c.b)
@@ -150,7 +153,7 @@ func TestMarkGood(t *testing.T) {
 		}
 	}
 	// Over many updates priorities never reach the ceiling.
-	tb := slotTable(st{1, 0, true}, st{0, 0, false})
+	tb := slotTable(st(1, 0, true), st(0, 0, false))
 	target := "USR-B"
 	for i := range 40 {
 		e := lookup(tb, target)
@@ -173,36 +176,36 @@ func TestMarkGood(t *testing.T) {
 	if err := MarkGood(tb, &tb.Partitions[0]); err == nil {
 		t.Fatal("a non-USR partition was marked good")
 	}
-	if err := MarkGood(slotTable(st{1, 0, true}, st{0, 0, false}), &slotTable(st{}, st{}).Partitions[2]); err == nil {
+	if err := MarkGood(slotTable(st(1, 0, true), st(0, 0, false)), &slotTable(layout.SlotState{}, layout.SlotState{}).Partitions[2]); err == nil {
 		t.Fatal("a slot with priority 0 was marked good")
 	}
 }
 
 func TestRollback(t *testing.T) {
 	// Good booted slot: the other good slot gets a higher priority.
-	tb := slotTable(st{1, 0, true}, st{2, 0, true})
+	tb := slotTable(st(1, 0, true), st(2, 0, true))
 	n, err := Rollback(tb, lookup(tb, "USR-B"))
 	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-A").Slot().Priority != 3 {
 		t.Fatalf("rollback: %v %v %v", n, err, lookup(tb, "USR-A").Slot())
 	}
 	// At the ceiling the booted slot steps down instead.
-	tb = slotTable(st{3, 0, true}, st{15, 0, true})
+	tb = slotTable(st(3, 0, true), st(15, 0, true))
 	n, err = Rollback(tb, lookup(tb, "USR-B"))
 	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-B").Slot().Priority != 14 || lookup(tb, "USR-A").Slot().Priority != 15 {
 		t.Fatal(n, err)
 	}
 	// A booted trial slot is abandoned: out of the boot order.
-	tb = slotTable(st{1, 0, true}, st{2, 0, false})
+	tb = slotTable(st(1, 0, true), st(2, 0, false))
 	n, err = Rollback(tb, lookup(tb, "USR-B"))
-	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-B").Slot() != (st{}) {
+	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-B").Slot() != (layout.SlotState{}) {
 		t.Fatalf("abandon trial: %v %v %v", n, err, lookup(tb, "USR-B").Slot())
 	}
 	// Nothing to go back to.
-	tb = slotTable(st{1, 0, true}, st{0, 0, false})
+	tb = slotTable(st(1, 0, true), st(0, 0, false))
 	if _, err := Rollback(tb, lookup(tb, "USR-A")); !errors.Is(err, ErrRollback) {
 		t.Fatalf("rollback to a slot that never booted: %v", err)
 	}
-	tb = slotTable(st{0, 0, true}, st{2, 0, false})
+	tb = slotTable(st(0, 0, true), st(2, 0, false))
 	if _, err := Rollback(tb, lookup(tb, "USR-B")); !errors.Is(err, ErrRollback) {
 		t.Fatalf("abandoning a trial with the fallback out of the boot order: %v", err)
 	}
@@ -212,16 +215,16 @@ func TestRollback(t *testing.T) {
 }
 
 func TestMarkTrialChangesOnlyItsSlot(t *testing.T) {
-	tb := slotTable(st{1, 0, true}, st{0, 0, false})
+	tb := slotTable(st(1, 0, true), st(0, 0, false))
 	b := lookup(tb, "USR-B")
 	if err := MarkTrial(tb, b); err != nil {
 		t.Fatal(err)
 	}
-	if b.Slot() != (st{2, 1, false}) || lookup(tb, "USR-A").Slot() != (st{1, 0, true}) {
+	if b.Slot() != (st(2, 1, false)) || lookup(tb, "USR-A").Slot() != (st(1, 0, true)) {
 		t.Fatalf("after MarkTrial: %v %v", lookup(tb, "USR-A").Slot(), b.Slot())
 	}
 	// At the ceiling it refuses, and changes nothing.
-	tb = slotTable(st{15, 0, true}, st{0, 0, false})
+	tb = slotTable(st(15, 0, true), st(0, 0, false))
 	before := fmt.Sprint(tb.Partitions)
 	if err := MarkTrial(tb, lookup(tb, "USR-B")); !errors.Is(err, ErrPriorityCeiling) {
 		t.Fatalf("at the ceiling: %v", err)

@@ -42,7 +42,7 @@ func TestBootedFollowsDeviceMapperToThePartition(t *testing.T) {
 	os.Symlink("../../devices/virtual/block/dm-0", filepath.Join(sys, "dev/block", devName(ust.Dev)))
 	os.Symlink("../../devices/pci/block/vda/vda4", filepath.Join(sys, "dev/block/252:4"))
 
-	tb := slotTable(st{1, 0, true}, st{2, 0, false})
+	tb := slotTable(st(1, 0, true), st(2, 0, false))
 	e, how, err := System{Sys: sys, Usr: usr}.Booted(disk, tb)
 	if err != nil || e == nil || e.Label != "USR-B" {
 		t.Fatalf("booted %v (%s) %v, want USR-B", e, how, err)
