@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -321,5 +322,44 @@ func TestApplyToBlockDevice(t *testing.T) {
 	}
 	if got := cgptSlot(t, dev, 4); got != [3]int{2, 1, 0} {
 		t.Errorf("cgpt on %s: USR-B %v", dev, got)
+	}
+}
+
+// TestSlotRecordCheckedByOpenSSL: the release record kiln build writes
+// beside USR-A's verity superblock is signed as the README says: openssl
+// verifies the signature over the record's JSON body, and rejects it over
+// a changed body.
+func TestSlotRecordCheckedByOpenSSL(t *testing.T) {
+	for _, typ := range []string{"ecdsa-p256", "rsa-3072"} {
+		t.Run(typ, func(t *testing.T) {
+			dir := t.TempDir()
+			key := filepath.Join(dir, "k")
+			mustRun(t, kiln, "keygen", "--type", typ, "-o", key)
+			out := buildSmall(t, dir, key+".key")
+			m := readManifest(t, out)
+			usr := m.Partition("USR-A")
+			f, err := os.Open(filepath.Join(out, "usr.img"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := make([]byte, 4096-512)
+			f.ReadAt(rec, usr.Verity.HashOffset+512)
+			f.Close()
+			if string(rec[:8]) != "KILNREC1" {
+				t.Fatalf("no record at hash offset + 512: %q", rec[:8])
+			}
+			n, s := binary.LittleEndian.Uint32(rec[8:]), binary.LittleEndian.Uint32(rec[12:])
+			body, sig := rec[16:16+n], rec[16+n:16+n+s]
+			if !strings.Contains(string(body), `"version":"1.0.0"`) || !strings.Contains(string(body), usr.Verity.RootHash) {
+				t.Fatalf("record body: %s", body)
+			}
+			os.WriteFile(filepath.Join(dir, "body"), body, 0o644)
+			os.WriteFile(filepath.Join(dir, "sig"), sig, 0o644)
+			mustRun(t, "openssl", "dgst", "-sha256", "-verify", key+".pub", "-signature", filepath.Join(dir, "sig"), filepath.Join(dir, "body"))
+			os.WriteFile(filepath.Join(dir, "body"), []byte(strings.Replace(string(body), "1.0.0", "9.0.0", 1)), 0o644)
+			if r := run(t, "openssl", "dgst", "-sha256", "-verify", key+".pub", "-signature", filepath.Join(dir, "sig"), filepath.Join(dir, "body")); r.code == 0 {
+				t.Fatal("openssl verified a changed record")
+			}
+		})
 	}
 }
