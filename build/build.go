@@ -197,7 +197,7 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	m := &manifest.Manifest{
 		Format: manifest.FormatVersion, Name: r.Name, Version: r.Version, Channel: r.Channel,
 		KilnVersion: b.opts.KilnVersion, Layout: r.Layout.Name, DiskGUID: table.DiskGUID,
-		DiskSize: table.Size(), SourceDateEpoch: epoch.Unix(), Sources: sources,
+		DiskSize: table.Size(), SourceDateEpoch: epoch.Unix(), DigestAlgorithm: hashing.ChunkedAlgorithm, Sources: sources,
 	}
 	specs := map[string]*PartitionSpec{}
 	for _, p := range r.Partitions {
@@ -240,12 +240,12 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	for _, e := range table.Partitions {
 		jobs = append(jobs, &hashing.Job{R: disk, Off: e.Offset(), Size: e.Size()})
 	}
-	hashing.Ranges(jobs, b.opts.Workers, b.start("hash", table.Size()).add)
+	hashing.Chunked(jobs, b.opts.Workers, b.start("hash", table.Size()).add)
 	for i, j := range jobs {
 		if j.Err != nil {
 			return nil, fmt.Errorf("%s: hashing: %w", m.Partitions[i].Label, j.Err)
 		}
-		m.Partitions[i].SHA256 = j.Sum
+		m.Partitions[i].Digest = j.Sum
 	}
 
 	// (6) Manifest, block map; then everything into place.

@@ -38,7 +38,7 @@ func TestSlotMarkBootableVerifiesFirst(t *testing.T) {
 
 	// An empty USR-B: refused, state unchanged.
 	r := run(t, kiln, append([]string{"slot", "mark-bootable", disk, "USR-B"}, args...)...)
-	if r.code != 1 || !strings.Contains(r.stdout, "FAIL sha256 USR-B") || !strings.Contains(r.stderr, "not marked bootable") {
+	if r.code != 1 || !strings.Contains(r.stdout, "FAIL digest USR-B") || !strings.Contains(r.stderr, "not marked bootable") {
 		t.Errorf("empty slot: %+v", r)
 	}
 	if got := cgptSlot(t, disk, 4); got != [3]int{0, 0, 0} {

@@ -88,7 +88,7 @@ func TestSignVerifyEachKeyType(t *testing.T) {
 			if r.code != 0 || !strings.Contains(r.stdout, "verifies") {
 				t.Fatalf("verify: %d\n%s%s", r.code, r.stdout, r.stderr)
 			}
-			for _, check := range []string{"signature", "gpt", "sha256 USR-A", "verity USR-A", "sha256 ROOT"} {
+			for _, check := range []string{"signature", "gpt", "digest USR-A", "verity USR-A", "digest ROOT"} {
 				if !strings.Contains(r.stdout, "ok   "+check) {
 					t.Errorf("verify output lacks %q:\n%s", check, r.stdout)
 				}
@@ -189,7 +189,7 @@ func TestVerifyNamesEachTampering(t *testing.T) {
 	// A data block of USR-A: named with the first bad 4 KiB block.
 	d = tampered("data")
 	flip(t, filepath.Join(d, "disk.img"), usr.Offset+3*4096+100)
-	verifyFails(t, "sha256 USR-A", "USR-A: sha256", filepath.Join(d, "disk.img"), "--key", pub)
+	verifyFails(t, "digest USR-A", "USR-A: digest", filepath.Join(d, "disk.img"), "--key", pub)
 	verifyFails(t, "verity USR-A", "data block 3 ", filepath.Join(d, "disk.img"), "--key", pub)
 
 	// A hash-tree block (level 1 starts one block after the superblock).
@@ -209,7 +209,7 @@ func TestVerifyNamesEachTampering(t *testing.T) {
 	// Another partition's byte: its sha256 line fails, the rest pass.
 	d = tampered("root")
 	flip(t, filepath.Join(d, "disk.img"), m.Partition("ROOT").Offset+5000)
-	verifyFails(t, "sha256 ROOT", "ROOT: sha256", filepath.Join(d, "disk.img"), "--key", pub)
+	verifyFails(t, "digest ROOT", "ROOT: digest", filepath.Join(d, "disk.img"), "--key", pub)
 
 	// A lone partition image.
 	if r := run(t, kiln, "verify", "--partition", "USR-A", filepath.Join(out, "usr.img"), "--key", pub); r.code != 0 {
@@ -332,7 +332,7 @@ func TestVerifyDeployedDisk(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "ok   slot USR-A") || !strings.Contains(r.stdout, "ok   verity USR-A") {
 		t.Fatalf("deployed check: %s%s", r.stdout, r.stderr)
 	}
-	verifyFails(t, "sha256 ROOT", "ROOT: sha256", disk, "--key", pub, "--manifest", filepath.Join(out, "manifest.json"))
+	verifyFails(t, "digest ROOT", "ROOT: digest", disk, "--key", pub, "--manifest", filepath.Join(out, "manifest.json"))
 	// A data block of USR-A, the booted slot: the deployed check fails.
 	flip(t, disk, m.Partition("USR-A").Offset+5*4096+1)
 	verifyFails(t, "verity USR-A", "data block 5 ", "--deployed", disk, "--key", pub)

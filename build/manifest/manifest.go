@@ -29,6 +29,9 @@ type Manifest struct {
 	DiskGUID        layout.GUID `json:"disk_guid"`
 	DiskSize        int64       `json:"disk_size"`
 	SourceDateEpoch int64       `json:"source_date_epoch"`
+	// DigestAlgorithm names how partitions are digested: always
+	// hashing.ChunkedAlgorithm.
+	DigestAlgorithm string `json:"digest_algorithm"`
 	// Outside hashes every byte of the image that no partition holds, so
 	// that with the partitions' hashes the manifest covers every byte.
 	Outside    Outside     `json:"outside"`
@@ -45,8 +48,12 @@ type Partition struct {
 	GUID     layout.GUID `json:"guid"`
 	Offset   int64       `json:"offset"`
 	Size     int64       `json:"size"`
-	// SHA256 is the hex SHA-256 of all Size bytes of the partition.
-	SHA256     string `json:"sha256"`
+	// Digest is the chunked SHA-256 (hex) of all Size bytes of the
+	// partition: the SHA-256 of the SHA-256 digests of its 1 MiB chunks
+	// (internal/hashing.Chunked; split -b 1M --filter=sha256sum | cut
+	// -c1-64 | xxd -r -p | sha256sum computes it too). Holes and zero runs
+	// cost nothing to hash, and chunks hash in parallel.
+	Digest     string `json:"digest"`
 	Filesystem string `json:"filesystem,omitempty"`
 	// FilesystemSize is the bytes the filesystem image occupies (the
 	// verity data area, when Verity is set).
@@ -178,6 +185,9 @@ func Parse(r io.Reader) (*Manifest, error) {
 	if m.DiskSize <= 0 {
 		return nil, fmt.Errorf("manifest: disk_size %d", m.DiskSize)
 	}
+	if m.DigestAlgorithm != hashing.ChunkedAlgorithm {
+		return nil, fmt.Errorf("manifest: digest_algorithm %q, this kiln reads %q", m.DigestAlgorithm, hashing.ChunkedAlgorithm)
+	}
 	for _, h := range []string{m.Outside.MBR, m.Outside.PrimaryGPT, m.Outside.BackupGPT, m.Outside.Gaps} {
 		if len(h) != 64 {
 			return nil, fmt.Errorf("manifest: outside: sha256 %q is not 64 hex digits", h)
@@ -187,8 +197,8 @@ func Parse(r io.Reader) (*Manifest, error) {
 		if p.Offset < 0 || p.Size <= 0 || p.Offset > m.DiskSize || p.Size > m.DiskSize-p.Offset {
 			return nil, fmt.Errorf("manifest: partition %s: offset %d size %d outside a disk of %d bytes", p.Label, p.Offset, p.Size, m.DiskSize)
 		}
-		if len(p.SHA256) != 64 {
-			return nil, fmt.Errorf("manifest: partition %s: sha256 %q is not 64 hex digits", p.Label, p.SHA256)
+		if len(p.Digest) != 64 {
+			return nil, fmt.Errorf("manifest: partition %s: digest %q is not 64 hex digits", p.Label, p.Digest)
 		}
 		if v := p.Verity; v != nil {
 			if v.DataBlockSize == 0 || v.HashOffset < 0 || v.HashOffset > p.Size || int64(v.DataBlocks) > p.Size/int64(v.DataBlockSize) {

@@ -32,7 +32,7 @@ import (
 
 // Check is the verdict of one check.
 type Check struct {
-	Name   string `json:"name"`   // "signature", "gpt", "sha256 USR-A", "verity USR-A"
+	Name   string `json:"name"`   // "signature", "gpt", "digest USR-A", "verity USR-A"
 	OK     bool   `json:"ok"`     //
 	Detail string `json:"detail"` // what was checked, or what is wrong
 }
@@ -322,17 +322,17 @@ func checkPartitions(ctx context.Context, r *Report, f *os.File, m *manifest.Man
 	for i := range parts {
 		jobs[i] = &hashing.Job{R: f, Off: offset(&parts[i]), Size: parts[i].Size}
 	}
-	hashing.Ranges(jobs, workers, nil)
+	hashing.Chunked(jobs, workers, nil)
 	for i, p := range parts {
 		j := jobs[i]
 		var err error
 		switch {
 		case j.Err != nil:
 			err = fmt.Errorf("reading %s: %w", p.Label, j.Err)
-		case j.Sum != p.SHA256:
-			err = fmt.Errorf("%s: sha256 %s, the manifest says %s", p.Label, j.Sum, p.SHA256)
+		case j.Sum != p.Digest:
+			err = fmt.Errorf("%s: digest %s, the manifest says %s", p.Label, j.Sum, p.Digest)
 		}
-		r.add("sha256 "+p.Label, err, fmt.Sprintf("%s: %d bytes, sha256 %.16s…", p.Label, p.Size, p.SHA256))
+		r.add("digest "+p.Label, err, fmt.Sprintf("%s: %d bytes, digest %.16s…", p.Label, p.Size, p.Digest))
 	}
 	for i := range parts {
 		p := &parts[i]

@@ -74,13 +74,13 @@ func newBuildCommand(g *globals) *cobra.Command {
 			m := res.Manifest
 			fmt.Fprintf(w, "built %s %s (%s) → %s\n", m.Name, m.Version, m.Channel, out)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "#\tLABEL\tSIZE\tFILESYSTEM\tSHA256\tVERITY ROOT")
+			fmt.Fprintln(tw, "#\tLABEL\tSIZE\tFILESYSTEM\tDIGEST\tVERITY ROOT")
 			for _, p := range m.Partitions {
 				root := ""
 				if p.Verity != nil {
 					root = p.Verity.RootHash
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.16s…\t%s\n", p.Number, p.Label, layout.HumanSize(p.Size), p.Filesystem, p.SHA256, root)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.16s…\t%s\n", p.Number, p.Label, layout.HumanSize(p.Size), p.Filesystem, p.Digest, root)
 			}
 			return tw.Flush()
 		},
