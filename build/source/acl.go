@@ -88,6 +88,8 @@ func aclFromText(text string, isDefault bool, n *tree.Inode) ([]byte, error) {
 	return value, nil
 }
 
+var permBits = map[rune]uint16{'r': 4, 'w': 2, 'x': 1, '-': 0}
+
 // aclEntry parses one "tag:qualifier:perms[:id]" entry.
 func aclEntry(e string) (tree.ACLEntry, error) {
 	f := strings.Split(e, ":")
@@ -116,8 +118,7 @@ func aclEntry(e string) (tree.ACLEntry, error) {
 		return a, errors.New("want tag:qualifier:permissions")
 	}
 	for _, c := range perms {
-		bit := map[rune]uint16{'r': 4, 'w': 2, 'x': 1, '-': 0}
-		b, ok := bit[c]
+		b, ok := permBits[c]
 		if !ok || a.Perm&b != 0 {
 			return a, fmt.Errorf("permissions %q", perms)
 		}
