@@ -9,7 +9,8 @@ TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          e2fsck:e2fsprogs debugfs:e2fsprogs unsquashfs:squashfs-tools mksquashfs:squashfs-tools \
          veritysetup:cryptsetup-bin openssl:openssl umoci:umoci tar:tar \
          bsdiff:bsdiff bspatch:bsdiff bzip2:bzip2 protoc:protobuf-compiler \
-         xz:xz-utils zstd:zstd setfacl:acl getfacl:acl git:git mount:mount
+         xz:xz-utils zstd:zstd setfacl:acl getfacl:acl git:git mount:mount \
+         losetup:mount xxd:xxd
 
 # update_engine's payload checker, paycheck.py, that test/paycheck_test.go
 # runs on kiln's payloads: AOSP platform/system/update_engine as of the
@@ -73,14 +74,14 @@ paycheck:
 # Parsers of untrusted input, fuzzed briefly on every run (seeded from
 # what kiln's writers produce).
 FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity:FuzzReadSuperblock \
-        ./layout:FuzzReadTable ./sign:FuzzVerify
+        ./layout:FuzzReadTable ./sign:FuzzVerify ./build/source:FuzzXZ ./build/slot:FuzzDecode
 FUZZTIME ?= 8s
 
 test: deps
 	KILN_PAYCHECK=$(PAYCHECK_DIR)/scripts/paycheck.py PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 ./...
 	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f#*:}; \
 	  echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
-	  log=$$(mktemp -t kiln-fuzz.XXXXXX) || exit 1; $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg >"$$log" 2>&1 || { cat "$$log"; rm -f "$$log"; exit 1; }; tail -n 1 "$$log"; rm -f "$$log"; \
+	  log=$$(mktemp -t kiln-fuzz.XXXXXX) || exit 1; $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x $$pkg >"$$log" 2>&1 || { cat "$$log"; rm -f "$$log"; exit 1; }; tail -n 1 "$$log"; rm -f "$$log"; \
 	done
 
 clean:
