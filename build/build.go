@@ -132,58 +132,35 @@ func (b *builder) end() {
 	b.current = nil
 }
 
+// run is the build, stage by stage: sources → trees, the disk, the
+// filesystems and verity, the digests, the manifest; then the outputs
+// replace OutDir's. Every stage reads and writes through ctx, so an
+// interrupt stops the build within one block of I/O.
 func (b *builder) run(ctx context.Context) (res *Result, err error) {
-	r := b.r
-	epoch := b.opts.SourceDateEpoch
-	table, err := r.Layout.Plan(r.Size, r.Seed)
+	table, err := b.r.Layout.Plan(b.r.Size, b.r.Seed)
 	if err != nil {
 		return nil, err
 	}
-	_, statErr := os.Stat(b.opts.OutDir)
-	created := os.IsNotExist(statErr)
-	if err := os.MkdirAll(b.opts.OutDir, 0o755); err != nil {
-		return nil, fmt.Errorf("output: %w", err)
-	}
-	stage, err := os.MkdirTemp(b.opts.OutDir, ".kiln-build-")
+	out, err := openOutput(b.opts.OutDir)
 	if err != nil {
-		return nil, fmt.Errorf("output: %w", err)
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			// Nothing of a failed build stays behind.
-			os.RemoveAll(stage)
-			if created {
-				os.Remove(b.opts.OutDir)
-			}
+			out.abort() // nothing of a failed build stays behind
 		}
 	}()
-	spool, err := source.NewSpool(stage)
+	spool, err := source.NewSpool(out.stage)
 	if err != nil {
 		return nil, err
 	}
 	defer spool.Close()
 
-	// (1) Sources → trees.
-	b.start("sources", 0)
-	trees := map[string]*tree.Tree{}
-	var sources []manifest.Source
-	for _, p := range r.Partitions {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		t, src, err := partitionTree(ctx, r, p, spool, epoch, b.log)
-		if err != nil {
-			return nil, err
-		}
-		trees[p.Label] = t
-		if src != nil {
-			sources = append(sources, *src)
-		}
-		b.log.Info("source read", "partition", p.Label, "entries", t.Stats().Entries, "bytes", t.Stats().Bytes)
+	trees, sources, err := b.readSources(ctx, spool)
+	if err != nil {
+		return nil, err
 	}
-
-	// (2) The disk: a sparse file with the GPT.
-	diskPath := filepath.Join(stage, DiskFile)
+	diskPath := filepath.Join(out.stage, DiskFile)
 	if err := layout.CreateDisk(diskPath, table); err != nil {
 		return nil, err
 	}
@@ -192,67 +169,141 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	defer disk.Close()
-
-	// (3) Filesystems, (4) verity.
 	m := &manifest.Manifest{
-		Format: manifest.FormatVersion, Name: r.Name, Version: r.Version, Channel: r.Channel,
-		KilnVersion: b.opts.KilnVersion, Layout: r.Layout.Name, DiskGUID: table.DiskGUID,
-		DiskSize: table.Size(), SourceDateEpoch: epoch.Unix(), DigestAlgorithm: hashing.ChunkedAlgorithm, Sources: sources,
+		Format: manifest.FormatVersion, Name: b.r.Name, Version: b.r.Version, Channel: b.r.Channel,
+		KilnVersion: b.opts.KilnVersion, Layout: b.r.Layout.Name, DiskGUID: table.DiskGUID,
+		DiskSize: table.Size(), SourceDateEpoch: b.opts.SourceDateEpoch.Unix(), DigestAlgorithm: hashing.ChunkedAlgorithm, Sources: sources,
 	}
+	usr, err := b.writePartitions(ctx, out.stage, disk, table, trees, m)
+	if err != nil {
+		return nil, err
+	}
+	defer usr.close()
+	if err := b.digest(ctx, disk, table, m); err != nil {
+		return nil, err
+	}
+	names, err := b.writeManifest(ctx, out.stage, disk, m, usr)
+	if err != nil {
+		return nil, err
+	}
+	b.end()
+	usr.close()
+	disk.Close()
+	spool.Close()
+	if err := out.commit(names); err != nil {
+		return nil, err
+	}
+	res = &Result{Manifest: m, Disk: filepath.Join(b.opts.OutDir, DiskFile), ManifestPath: filepath.Join(b.opts.OutDir, ManifestFile), Stages: b.stages}
+	if b.opts.Signer != nil {
+		res.Signature = res.ManifestPath + ".sig"
+	}
+	if usr.file != nil {
+		res.Usr = filepath.Join(b.opts.OutDir, UsrFile)
+		res.BlockMap = filepath.Join(b.opts.OutDir, BlockMapFile)
+	}
+	return res, nil
+}
+
+// readSources reads every partition's sources into a tree (stage
+// "sources").
+func (b *builder) readSources(ctx context.Context, spool *source.Spool) (map[string]*tree.Tree, []manifest.Source, error) {
+	b.start("sources", 0)
+	trees := map[string]*tree.Tree{}
+	var sources []manifest.Source
+	for _, p := range b.r.Partitions {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		t, src, err := partitionTree(ctx, b.r, p, spool, b.opts.SourceDateEpoch, b.log)
+		if err != nil {
+			return nil, nil, err
+		}
+		trees[p.Label] = t
+		if src != nil {
+			sources = append(sources, *src)
+		}
+		b.log.Info("source read", "partition", p.Label, "entries", t.Stats().Entries, "bytes", t.Stats().Bytes)
+	}
+	return trees, sources, nil
+}
+
+// usrOutput is the verity-protected USR partition written on its own:
+// usr.img and its block map (both nil when the recipe has none).
+type usrOutput struct {
+	file *os.File
+	m    *blockmap.Map
+}
+
+func (u *usrOutput) close() {
+	if u.file != nil {
+		u.file.Close()
+	}
+}
+
+// writePartitions writes every partition the recipe fills (stages
+// "filesystem LABEL" and "verity LABEL") and lists them all in m.
+func (b *builder) writePartitions(ctx context.Context, stage string, disk *os.File, table *layout.Table, trees map[string]*tree.Tree, m *manifest.Manifest) (*usrOutput, error) {
 	specs := map[string]*PartitionSpec{}
-	for _, p := range r.Partitions {
+	for _, p := range b.r.Partitions {
 		specs[p.Label] = p
 	}
-	usr := usrSpec(r)
-	var usrFile *os.File
-	var usrMap *blockmap.Map
+	usrSpec := usrSpec(b.r)
+	usr := &usrOutput{}
+	dev := ctxIO{ctx, disk}
 	for _, e := range table.Partitions {
 		mp := manifest.Partition{Number: e.Number, Label: e.Label, Type: e.Type, TypeName: layout.TypeName(e.Type),
 			GUID: e.GUID, Offset: e.Offset(), Size: e.Size()}
 		if p := specs[e.Label]; p != nil {
 			if err := ctx.Err(); err != nil {
+				usr.close()
 				return nil, err
 			}
-			lp := r.Layout.Partition(e.Label)
-			if p == usr {
-				usrFile, usrMap, err = b.writeUsr(stage, p, lp, e, trees[e.Label], &mp)
-				if err != nil {
-					return nil, err
-				}
-				if err := copySparse(disk, e.Offset(), usrFile, e.Size()); err != nil {
-					return nil, fmt.Errorf("%s: copying into the disk: %w", e.Label, err)
+			var err error
+			if p == usrSpec {
+				usr.file, usr.m, err = b.writeUsr(ctx, stage, p, b.r.Layout.Partition(e.Label), e, trees[e.Label], &mp)
+				if err == nil {
+					if err = copySparse(ctx, disk, e.Offset(), usr.file, e.Size()); err != nil {
+						err = fmt.Errorf("%s: copying into the disk: %w", e.Label, err)
+					}
 				}
 			} else {
-				w := &boundedWriter{w: disk, off: e.Offset(), limit: e.Size(), name: e.Label}
-				if err := b.writeFS(w, p, e, trees[e.Label], &mp); err != nil {
-					return nil, err
-				}
+				err = b.writeFS(&boundedWriter{w: dev, off: e.Offset(), limit: e.Size(), name: e.Label}, p, e, trees[e.Label], &mp)
+			}
+			if err != nil {
+				usr.close()
+				return nil, err
 			}
 		}
 		m.Partitions = append(m.Partitions, mp)
 	}
-	if usrFile != nil {
-		defer usrFile.Close()
-	}
+	return usr, nil
+}
 
-	// (5) Partition hashes.
+// digest sets every partition's chunked digest (stage "hash").
+func (b *builder) digest(ctx context.Context, disk *os.File, table *layout.Table, m *manifest.Manifest) error {
 	var jobs []*hashing.Job
 	for _, e := range table.Partitions {
-		jobs = append(jobs, &hashing.Job{R: disk, Off: e.Offset(), Size: e.Size()})
+		jobs = append(jobs, &hashing.Job{R: ctxIO{ctx, disk}, Off: e.Offset(), Size: e.Size()})
 	}
 	hashing.Chunked(jobs, b.opts.Workers, b.start("hash", table.Size()).add)
 	for i, j := range jobs {
 		if j.Err != nil {
-			return nil, fmt.Errorf("%s: hashing: %w", m.Partitions[i].Label, j.Err)
+			return fmt.Errorf("%s: hashing: %w", m.Partitions[i].Label, j.Err)
 		}
 		m.Partitions[i].Digest = j.Sum
 	}
-
-	// (6) Manifest, block map; then everything into place.
-	b.start("manifest", 0)
+	var err error
 	if m.Outside, err = manifest.HashOutside(disk, table); err != nil {
-		return nil, err
+		return err
 	}
+	return nil
+}
+
+// writeManifest writes the manifest, the USR block map and the signature
+// into the stage (stages "manifest" and "sign") and returns the names of
+// every output.
+func (b *builder) writeManifest(ctx context.Context, stage string, disk *os.File, m *manifest.Manifest, usr *usrOutput) ([]string, error) {
+	b.start("manifest", 0)
 	data, err := m.Marshal()
 	if err != nil {
 		return nil, err
@@ -260,23 +311,24 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	if err := os.WriteFile(filepath.Join(stage, ManifestFile), data, 0o644); err != nil {
 		return nil, err
 	}
-	if usrMap != nil {
+	names := []string{DiskFile, ManifestFile}
+	if usr.m != nil {
 		f, err := os.Create(filepath.Join(stage, BlockMapFile))
 		if err != nil {
 			return nil, err
 		}
-		if err := usrMap.Write(f); err != nil {
+		if err := usr.m.Write(f); err != nil {
 			f.Close()
 			return nil, err
 		}
 		if err := f.Close(); err != nil {
 			return nil, err
 		}
+		names = append(names, UsrFile, BlockMapFile)
 	}
 	if err := disk.Sync(); err != nil {
 		return nil, err
 	}
-	names := []string{DiskFile, ManifestFile}
 	if b.opts.Signer != nil {
 		b.start("sign", 0)
 		if err := sign.SignFile(ctx, b.opts.Signer, filepath.Join(stage, ManifestFile)); err != nil {
@@ -284,25 +336,7 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 		}
 		names = append(names, ManifestFile+".sig")
 	}
-	b.end()
-	if usrFile != nil {
-		names = append(names, UsrFile, BlockMapFile)
-	}
-	for _, n := range names {
-		if err := os.Rename(filepath.Join(stage, n), filepath.Join(b.opts.OutDir, n)); err != nil {
-			return nil, fmt.Errorf("output: %w", err)
-		}
-	}
-	os.RemoveAll(stage)
-	res = &Result{Manifest: m, Disk: filepath.Join(b.opts.OutDir, DiskFile), ManifestPath: filepath.Join(b.opts.OutDir, ManifestFile), Stages: b.stages}
-	if b.opts.Signer != nil {
-		res.Signature = res.ManifestPath + ".sig"
-	}
-	if usrFile != nil {
-		res.Usr = filepath.Join(b.opts.OutDir, UsrFile)
-		res.BlockMap = filepath.Join(b.opts.OutDir, BlockMapFile)
-	}
-	return res, nil
+	return names, nil
 }
 
 // fsIDs derives a filesystem's UUID and hash seed from the build seed.
@@ -367,7 +401,7 @@ func truncate(s string, n int) string {
 // zero-padded to the layout's fs-size when it gives one (so the hash tree
 // sits at the fixed offset the boot code expects), then the dm-verity
 // superblock and hash tree.
-func (b *builder) writeUsr(stage string, p *PartitionSpec, lp *layout.Partition, e layout.Entry, t *tree.Tree, mp *manifest.Partition) (*os.File, *blockmap.Map, error) {
+func (b *builder) writeUsr(ctx context.Context, stage string, p *PartitionSpec, lp *layout.Partition, e layout.Entry, t *tree.Tree, mp *manifest.Partition) (*os.File, *blockmap.Map, error) {
 	f, err := os.OpenFile(filepath.Join(stage, UsrFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return nil, nil, err
@@ -390,7 +424,7 @@ func (b *builder) writeUsr(stage string, p *PartitionSpec, lp *layout.Partition,
 		limit = lp.FSSize
 	}
 	c := b.start("filesystem "+e.Label, t.Stats().Bytes)
-	w := &boundedWriter{w: f, limit: limit, name: e.Label, count: c}
+	w := &boundedWriter{w: ctxIO{ctx, f}, limit: limit, name: e.Label, count: c}
 	fsSize := int64(0)
 	if p.Filesystem == "ext4" && lp.FSSize > 0 {
 		fsSize = lp.FSSize // a fixed-size ext4, as Container Linux's fs_blocks
@@ -425,7 +459,7 @@ func (b *builder) writeUsr(stage string, p *PartitionSpec, lp *layout.Partition,
 	b.start("verity "+e.Label, dataSize)
 	salt := verity.SaltFromSeed([]byte(b.r.Seed + "/verity/" + e.Label))
 	params := verity.Params{DataBlocks: uint64(dataSize / 4096), Salt: salt, UUID: layout.DeriveGUID(b.r.Seed, "verity-uuid", e.Label)}
-	root, err := verity.Format(f, 0, dataSize, params)
+	root, err := verity.Format(ctxIO{ctx, f}, 0, dataSize, params)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: verity: %w", e.Label, err)
 	}

@@ -1,6 +1,7 @@
 package build
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,32 @@ func statRegular(p string) (int64, error) {
 		return 0, errors.New("not a regular file")
 	}
 	return st.Size(), nil
+}
+
+// ctxIO reads and writes through f until ctx is done, then fails every
+// read and write with ctx's error, so that a long stage stops within one
+// block of I/O after an interrupt.
+type ctxIO struct {
+	ctx context.Context
+	f   *os.File
+}
+
+func (c ctxIO) ReadAt(p []byte, off int64) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.f.ReadAt(p, off)
+}
+
+// Fd is the file descriptor of the file behind c, so that holes of a
+// sparse file are still found (not read) through c.
+func (c ctxIO) Fd() uintptr { return c.f.Fd() }
+
+func (c ctxIO) WriteAt(p []byte, off int64) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.f.WriteAt(p, off)
 }
 
 // boundedWriter confines writes to [off, off+limit) of w, so a filesystem
@@ -44,20 +71,24 @@ func (b *boundedWriter) WriteAt(p []byte, off int64) (int, error) {
 
 // copySparse copies size bytes of src (from 0) to dst at dstOff, skipping
 // holes, so a mostly empty partition image stays sparse in the disk.
-func copySparse(dst *os.File, dstOff int64, src *os.File, size int64) error {
+func copySparse(ctx context.Context, dst *os.File, dstOff int64, src *os.File, size int64) error {
 	return hashing.Extents(src, 0, size, func(off, n int64, hole bool) error {
 		if hole {
 			return nil
 		}
-		return copyRange(dst, dstOff+off, src, off, n)
+		return copyRange(ctx, dst, dstOff+off, src, off, n)
 	})
 }
 
-// copyRange copies n bytes, in the kernel when it can.
-func copyRange(dst *os.File, dstOff int64, src *os.File, srcOff, n int64) error {
+// copyRange copies n bytes, in the kernel when it can, 64 MiB at a time so
+// that an interrupt stops it.
+func copyRange(ctx context.Context, dst *os.File, dstOff int64, src *os.File, srcOff, n int64) error {
 	for n > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		so, do := srcOff, dstOff
-		c, err := unix.CopyFileRange(int(src.Fd()), &so, int(dst.Fd()), &do, int(min(n, 1<<30)), 0)
+		c, err := unix.CopyFileRange(int(src.Fd()), &so, int(dst.Fd()), &do, int(min(n, 64<<20)), 0)
 		if err != nil || c == 0 {
 			// Fall back to a buffered copy.
 			_, err := io.CopyBuffer(io.NewOffsetWriter(dst, dstOff), io.NewSectionReader(src, srcOff, n), make([]byte, 1<<20))

@@ -169,7 +169,7 @@ partitions:
 
 func TestFlatcarLayout(t *testing.T) {
 	disk := filepath.Join(t.TempDir(), "disk.img")
-	mustRun(t, kiln, "layout", "init", "--layout", "flatcar", disk)
+	mustRun(t, kiln, "layout", "init", "--force", "--layout", "flatcar", disk)
 	sgdiskClean(t, disk)
 	parts := sfdisk(t, disk).PartitionTable.Partitions
 	if len(parts) != 7 || parts[0].Size != 2097152 || parts[2].Size != 4194304 || parts[4].Name != "OEM" || parts[4].Size != 2097152 {
@@ -408,7 +408,7 @@ func TestUsageAndInputErrors(t *testing.T) {
 		t.Errorf("show of a zero disk: %+v", r)
 	}
 	// A disk whose partitions differ from the layout: exit 1 naming them.
-	mustRun(t, kiln, "layout", "init", "--layout", "flatcar", disk)
+	mustRun(t, kiln, "layout", "init", "--force", "--layout", "flatcar", disk)
 	r := run(t, kiln, "layout", "check", "--layout", "coreos", disk)
 	if r.code != 1 || !strings.Contains(r.stdout, "partition 1 (EFI-SYSTEM): size: want 262144 sectors (128MiB), got 2097152 sectors (1GiB)") {
 		t.Errorf("check flatcar disk against coreos: %+v", r)

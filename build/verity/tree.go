@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -102,10 +101,11 @@ func hashData(r io.ReaderAt, dataOffset int64, g *geometry, salt []byte,
 }
 
 // isHole reports whether [off, off+n) of r is a hole of a sparse file (no
-// data: it reads as zeros). Anything but an *os.File, or a filesystem
-// without SEEK_DATA, is never a hole.
+// data: it reads as zeros). A reader without a file descriptor (an Fd
+// method, as *os.File has), or a filesystem without SEEK_DATA, has no
+// holes.
 func isHole(r io.ReaderAt, off, n int64) bool {
-	f, ok := r.(*os.File)
+	f, ok := r.(interface{ Fd() uintptr })
 	if !ok {
 		return false
 	}

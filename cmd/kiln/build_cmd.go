@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -64,6 +65,9 @@ func newBuildCommand(g *globals) *cobra.Command {
 			}
 			res, err := build.Build(cmd.Context(), r, opts)
 			if err != nil {
+				if ff := (*build.ForeignFilesError)(nil); errors.As(err, &ff) {
+					return usageError(fmt.Errorf("build %s: %w", args[0], err))
+				}
 				return failed(fmt.Errorf("build %s: %w", args[0], err))
 			}
 			if g.json {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -45,6 +47,30 @@ func usageError(err error) error { return &exitError{exitUsage, err} }
 // was already printed, or is err itself.
 func failed(err error) error { return &exitError{exitFailure, err} }
 
+// Interrupted is the cause of a command's cancelled context when a signal
+// stopped it.
+type Interrupted struct{ Signal os.Signal }
+
+func (i *Interrupted) Error() string { return "interrupted by " + signalName(i.Signal) }
+
+// ExitCode is the shell's convention: 128 + the signal number.
+func (i *Interrupted) ExitCode() int {
+	if s, ok := i.Signal.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	return exitFailure
+}
+
+func signalName(s os.Signal) string {
+	switch s {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return s.String()
+}
+
 // Run executes one kiln command line and returns its exit code.
 func Run(ctx context.Context, env Env) int {
 	root := newRootCommand(env)
@@ -55,6 +81,11 @@ func Run(ctx context.Context, env Env) int {
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
+	}
+	var intr *Interrupted
+	if errors.As(context.Cause(ctx), &intr) {
+		fmt.Fprintf(env.Stderr, "kiln: %v; stopped, nothing half-written left behind\n", intr)
+		return intr.ExitCode()
 	}
 	fmt.Fprintf(env.Stderr, "kiln: %v\n", err)
 	var ee *exitError

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -21,38 +22,74 @@ func newLayoutCommand(g *globals) *cobra.Command {
 
 func newLayoutInitCommand(g *globals) *cobra.Command {
 	var name, size, seed string
+	var force bool
 	c := &cobra.Command{
-		Use:   "init [--layout NAME|FILE] [--size SIZE] [--seed SEED] DISK",
+		Use:   "init [--layout NAME|FILE] [--size SIZE] [--seed SEED] [--force] DISK",
 		Short: "Create an empty sparse disk image with a layout's partition table",
-		Args:  cobra.ExactArgs(1),
+		Long: "Creates DISK, a new sparse image holding only the layout's partition table. An existing file or\n" +
+			"block device is refused unless --force: a file is then replaced whole, a block device gets the new\n" +
+			"partition table (its size is the disk size) and keeps its other bytes.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := layout.Load(name)
 			if err != nil {
 				return err
 			}
 			var bytes int64
-			if size != "" {
+			if cmd.Flags().Changed("size") {
 				if bytes, err = layout.ParseSize(size); err != nil {
 					return usageError(fmt.Errorf("--size: %w", err))
 				}
+				if bytes <= 0 {
+					return usageError(fmt.Errorf("--size %q: a disk needs a size above 0", size))
+				}
 			}
-			t, err := l.Plan(bytes, seed)
-			if err != nil {
-				return err
+			path := args[0]
+			st, statErr := os.Stat(path)
+			exists := statErr == nil
+			if exists && !force {
+				return usageError(fmt.Errorf("%s exists; pass --force to replace it", path))
 			}
-			if err := layout.CreateDisk(args[0], t); err != nil {
-				return err
+			if exists && st.IsDir() {
+				return usageError(fmt.Errorf("%s is a directory", path))
+			}
+			var t *layout.Table
+			if exists && st.Mode()&os.ModeDevice != 0 {
+				// A block device: its own size, the table written in place,
+				// under the device's lock.
+				d, err := openDisk(path, true)
+				if err != nil {
+					return err
+				}
+				defer d.Close()
+				if bytes != 0 && bytes != d.Size {
+					return usageError(fmt.Errorf("--size %s: %s is %d bytes", size, path, d.Size))
+				}
+				if t, err = l.Plan(d.Size, seed); err != nil {
+					return err
+				}
+				if err := layout.WriteTable(d, t); err != nil {
+					return failed(fmt.Errorf("%s: %w", path, err))
+				}
+			} else {
+				if t, err = l.Plan(bytes, seed); err != nil {
+					return err
+				}
+				if err := layout.CreateDisk(path, t); err != nil {
+					return err
+				}
 			}
 			if g.json {
-				return g.printJSON(tableJSON(args[0], t))
+				return g.printJSON(tableJSON(path, t))
 			}
-			fmt.Fprintf(g.env.Stdout, "%s: created with layout %s\n", args[0], l.Name)
-			return printTable(g, args[0], t)
+			fmt.Fprintf(g.env.Stdout, "%s: created with layout %s\n", path, l.Name)
+			return printTable(g, path, t)
 		},
 	}
 	c.Flags().StringVar(&name, "layout", "coreos", "built-in layout name or layout file")
 	c.Flags().StringVar(&size, "size", "", "disk size (e.g. 6GiB); default: the layout's own size")
 	c.Flags().StringVar(&seed, "seed", "kiln", "seed for the disk and partition GUIDs (same seed, same bytes)")
+	c.Flags().BoolVar(&force, "force", false, "replace an existing file, or write a new table onto an existing block device")
 	return c
 }
 

@@ -11,8 +11,18 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGINT or SIGTERM cancels the command's context: it stops within
+	// about a second, removes what it had not finished, and exits 130 or
+	// 143. A second signal exits at once.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		cancel(&Interrupted{Signal: s})
+		s = <-sigs
+		os.Exit((&Interrupted{Signal: s}).ExitCode())
+	}()
 	code := Run(ctx, Env{Args: os.Args[1:], Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
-	stop()
 	os.Exit(code)
 }

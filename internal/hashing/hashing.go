@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -67,10 +66,10 @@ func Ranges(jobs []*Job, workers int, progress func(int64)) {
 }
 
 // Extents calls fn for the data and hole extents of [off, off+size) in
-// order. A reader that is not a file, or a file whose filesystem lacks
-// SEEK_DATA, is one data extent.
+// order. A reader without a file descriptor (an Fd method, as *os.File
+// has), or a file whose filesystem lacks SEEK_DATA, is one data extent.
 func Extents(r io.ReaderAt, off, size int64, fn func(off, n int64, hole bool) error) error {
-	f, ok := r.(*os.File)
+	f, ok := r.(interface{ Fd() uintptr })
 	if !ok {
 		return fn(off, size, false)
 	}
