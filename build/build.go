@@ -3,11 +3,13 @@ package build
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/kiln-os/kiln/build/blockmap"
@@ -162,6 +164,9 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	}
 	diskPath := filepath.Join(out.stage, DiskFile)
 	if err := layout.CreateDisk(diskPath, table); err != nil {
+		if errors.Is(err, layout.ErrTooLarge) {
+			return nil, fmt.Errorf("recipe size %s: %s's filesystem holds no file that large: %w", layout.FormatSize(table.Size()), b.opts.OutDir, layout.ErrTooLarge)
+		}
 		return nil, err
 	}
 	disk, err := os.OpenFile(diskPath, os.O_RDWR, 0)
@@ -384,6 +389,9 @@ func writeFilesystem(w *boundedWriter, r *Recipe, p *PartitionSpec, e layout.Ent
 		err = fmt.Errorf("unknown filesystem %q", p.Filesystem)
 	}
 	if err != nil {
+		if strings.HasPrefix(err.Error(), p.Filesystem+": ") {
+			return nil, fmt.Errorf("%s: %w", e.Label, err) // the writer names itself
+		}
 		return nil, fmt.Errorf("%s: %s: %w", e.Label, p.Filesystem, err)
 	}
 	return m, nil

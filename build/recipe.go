@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/kiln-os/kiln/internal/yamlerr"
 	"github.com/kiln-os/kiln/layout"
 )
 
@@ -127,8 +127,6 @@ type yamlFile struct {
 	GID     int64   `yaml:"gid"`
 }
 
-var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
-
 // LoadRecipe reads, overrides (--set key=value, dotted keys such as
 // "version" or "partitions.USR-A.source") and validates a recipe.
 func LoadRecipe(path string, sets []string) (*Recipe, error) {
@@ -168,11 +166,12 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(buf.Bytes()))
 	dec.KnownFields(true)
 	if err := dec.Decode(&y); err != nil {
-		if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
-			// Lines refer to the re-encoded document; find the key in the
-			// original for the user's line number.
-			line := findKeyLine(doc.Content[0], m[2])
-			return nil, fail(line, m[2], errors.New("unknown key"))
+		// Lines refer to the re-encoded document: find the key there, then
+		// its line in the user's.
+		var reenc yaml.Node
+		yaml.Unmarshal(buf.Bytes(), &reenc)
+		if ps := yamlerr.Problems(err, &reenc); len(ps) > 0 {
+			return nil, fail(yamlerr.LineOf(&doc, ps[0].Key), ps[0].Key, errors.New(ps[0].Msg))
 		}
 		return nil, fail(0, "", err)
 	}
@@ -202,9 +201,12 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 	if r.Layout, err = layout.Load(layoutPath); err != nil {
 		return nil, fail(lines["layout"], "layout", err)
 	}
-	if y.Size != "" {
+	if _, set := lines["size"]; set {
 		if r.Size, err = layout.ParseSize(y.Size); err != nil {
 			return nil, fail(lines["size"], "size", err)
+		}
+		if r.Size <= 0 {
+			return nil, fail(lines["size"], "size", errors.New("a disk needs a size above 0 (leave size out for the layout's own)"))
 		}
 	}
 	if _, err := r.Layout.Plan(r.Size, r.Seed); err != nil {
@@ -345,28 +347,6 @@ func keyLines(m *yaml.Node) map[string]int {
 	}
 	walk(m, "")
 	return out
-}
-
-// findKeyLine returns the line of the first mapping key named name.
-func findKeyLine(n *yaml.Node, name string) int {
-	switch n.Kind {
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == name {
-				return n.Content[i].Line
-			}
-			if l := findKeyLine(n.Content[i+1], name); l > 0 {
-				return l
-			}
-		}
-	case yaml.SequenceNode, yaml.DocumentNode:
-		for _, c := range n.Content {
-			if l := findKeyLine(c, name); l > 0 {
-				return l
-			}
-		}
-	}
-	return 0
 }
 
 func sortBy[T any](s []T, key func(T) int) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"unicode/utf16"
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
@@ -18,6 +19,9 @@ import (
 
 // ErrNoGPT is returned when a disk has no valid GPT.
 var ErrNoGPT = errors.New("layout: no valid GPT")
+
+// ErrTooLarge is returned when a disk image cannot be created at its size.
+var ErrTooLarge = errors.New("layout: disk too large")
 
 // FormatError is a malformed GPT structure, with the byte offset where it
 // was found.
@@ -398,6 +402,9 @@ func CreateDisk(path string, t *Table) error {
 		}
 	}()
 	if err := tmp.Truncate(t.Size()); err != nil {
+		if errors.Is(err, syscall.EFBIG) {
+			return fmt.Errorf("%w: a disk of %s is larger than a file may be on this filesystem", ErrTooLarge, FormatSize(t.Size()))
+		}
 		return fmt.Errorf("layout: %s: %w", path, err)
 	}
 	if err := WriteTable(tmp, t); err != nil {

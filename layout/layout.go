@@ -13,6 +13,8 @@ import (
 	"unicode/utf16"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/kiln-os/kiln/internal/yamlerr"
 )
 
 // SectorSize is the logical sector size kiln writes and reads: 512 bytes.
@@ -177,12 +179,15 @@ func Parse(data []byte, source string) (*Layout, error) {
 	var y yamlLayout
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&y); err != nil {
-		return nil, &Error{Source: source, Err: err}
-	}
-	// A second pass over the node tree gives each partition's line.
+	// The node tree gives each partition's line, and keys for errors.
 	var doc yaml.Node
 	_ = yaml.Unmarshal(data, &doc)
+	if err := dec.Decode(&y); err != nil {
+		if ps := yamlerr.Problems(err, &doc); len(ps) > 0 {
+			return nil, &Error{Source: source, Line: ps[0].Line, Field: ps[0].Key, Err: errors.New(ps[0].Msg)}
+		}
+		return nil, &Error{Source: source, Err: err}
+	}
 	lines := partitionLines(&doc)
 
 	l := &Layout{Name: y.Name, Description: y.Description, Source: source, Alignment: 1 << 20}

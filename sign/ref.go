@@ -106,6 +106,9 @@ func readRef(kind refKind, target string) ([]byte, error) {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is a %s, not a PEM key file", ErrInvalidKey, target, map[bool]string{true: "directory", false: "special file"}[st.IsDir()])
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("sign: reading %s: %w", target, err)

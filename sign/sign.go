@@ -200,17 +200,17 @@ func checkShape(pub crypto.PublicKey, sig []byte) error {
 	switch k := pub.(type) {
 	case ed25519.PublicKey:
 		if len(sig) != ed25519.SignatureSize {
-			return fmt.Errorf("%w: %d bytes, an Ed25519 signature has %d", ErrMalformedSignature, len(sig), ed25519.SignatureSize)
+			return fmt.Errorf("%w: the key is Ed25519, whose signatures have %d bytes; this one %s", ErrMalformedSignature, ed25519.SignatureSize, looksLike(sig))
 		}
 	case *rsa.PublicKey:
 		if len(sig) != k.Size() {
-			return fmt.Errorf("%w: %d bytes, a %d-bit RSA signature has %d", ErrMalformedSignature, len(sig), k.N.BitLen(), k.Size())
+			return fmt.Errorf("%w: the key is RSA-%d, whose signatures have %d bytes; this one %s", ErrMalformedSignature, k.N.BitLen(), k.Size(), looksLike(sig))
 		}
 	case *ecdsa.PublicKey:
 		var rs struct{ R, S *big.Int }
 		rest, err := asn1.Unmarshal(sig, &rs)
 		if err != nil || len(rest) != 0 {
-			return fmt.Errorf("%w: %d bytes, not an ASN.1 DER ECDSA signature", ErrMalformedSignature, len(sig))
+			return fmt.Errorf("%w: the key is ECDSA %s, whose signatures are ASN.1 DER; this one %s", ErrMalformedSignature, k.Curve.Params().Name, looksLike(sig))
 		}
 		n := k.Curve.Params().N
 		if rs.R.Sign() <= 0 || rs.S.Sign() <= 0 || rs.R.Cmp(n) >= 0 || rs.S.Cmp(n) >= 0 {
@@ -220,6 +220,22 @@ func checkShape(pub crypto.PublicKey, sig []byte) error {
 		return fmt.Errorf("%w: %T", ErrUnsupportedKey, pub)
 	}
 	return nil
+}
+
+// looksLike says what kind of key a malformed signature may come from, so
+// that a signature checked with the wrong kind of key says so.
+func looksLike(sig []byte) string {
+	var rs struct{ R, S *big.Int }
+	if rest, err := asn1.Unmarshal(sig, &rs); err == nil && len(rest) == 0 {
+		return fmt.Sprintf("is an ECDSA signature (%d bytes): made with an ECDSA key?", len(sig))
+	}
+	switch len(sig) {
+	case ed25519.SignatureSize:
+		return "has 64 bytes, as an Ed25519 signature: made with an Ed25519 key?"
+	case 256, 384, 512:
+		return fmt.Sprintf("has %d bytes, as an RSA-%d signature: made with an RSA key?", len(sig), len(sig)*8)
+	}
+	return fmt.Sprintf("has %d bytes, the shape of no signature kiln makes", len(sig))
 }
 
 // keyName returns what a Signer or Verifier calls its key, if anything.

@@ -99,16 +99,16 @@ func loadManifest(ctx context.Context, r *Report, o Options) *manifest.Manifest 
 // A deployed disk fails it as soon as anything writable was written (see
 // Deployed).
 func Image(ctx context.Context, path string, o Options) (*Report, error) {
+	d, err := layout.OpenDisk(path) // the image first: a missing image is not a missing signature
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
 	r := &Report{}
 	m := loadManifest(ctx, r, o)
 	if m == nil {
 		return r.finish(), nil
 	}
-	d, err := layout.OpenDisk(path)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
 	if d.Size != m.DiskSize {
 		r.add("disk size", fmt.Errorf("%s is %d bytes, the manifest's image is %d bytes", path, d.Size, m.DiskSize), "")
 		return r.finish(), nil
@@ -237,6 +237,12 @@ func Deployed(ctx context.Context, path string, o DeployedOptions) (*Report, err
 // Partition verifies a lone partition image (usr.img) at path against the
 // manifest's partition with that label.
 func Partition(ctx context.Context, path, label string, o Options) (*Report, error) {
+	d, err := layout.OpenDisk(path)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	f, size := d.File, d.Size
 	r := &Report{}
 	m := loadManifest(ctx, r, o)
 	if m == nil {
@@ -247,11 +253,6 @@ func Partition(ctx context.Context, path, label string, o Options) (*Report, err
 		r.add("partition", fmt.Errorf("the manifest has no partition %q", label), "")
 		return r.finish(), nil
 	}
-	f, size, err := openSized(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	if size != p.Size {
 		r.add("size "+label, fmt.Errorf("%s is %d bytes, partition %s is %d bytes", path, size, label, p.Size), "")
 		return r.finish(), nil
@@ -259,20 +260,6 @@ func Partition(ctx context.Context, path, label string, o Options) (*Report, err
 	r.add("size "+label, nil, fmt.Sprintf("%d bytes", size))
 	checkPartitions(ctx, r, f, m, []manifest.Partition{*p}, func(*manifest.Partition) int64 { return 0 }, o)
 	return r.finish(), nil
-}
-
-// openSized opens an image file or block device and returns its size.
-func openSized(path string) (*os.File, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, size, nil
 }
 
 // checkGPT compares the table with the manifest, entry by entry.
@@ -382,6 +369,12 @@ func UsrPartition(m *manifest.Manifest) *manifest.Partition {
 // same SHA-256, and a whole verity tree that matches the manifest's root
 // hash. It is what a slot must pass before it is marked bootable.
 func Slot(ctx context.Context, path, label string, o Options) (*Report, error) {
+	d, err := layout.OpenDisk(path)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	f := d.File
 	r := &Report{}
 	m := loadManifest(ctx, r, o)
 	if m == nil {
@@ -392,12 +385,7 @@ func Slot(ctx context.Context, path, label string, o Options) (*Report, error) {
 		r.add("manifest", errors.New("the manifest describes no verity-protected USR partition"), "")
 		return r.finish(), nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	t, err := layout.ReadTable(f)
+	t, err := d.ReadTable()
 	if err != nil {
 		r.add("gpt", err, "")
 		return r.finish(), nil

@@ -6,13 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/kiln-os/kiln/build"
+	"github.com/kiln-os/kiln/build/payload"
+	"github.com/kiln-os/kiln/build/source"
+	"github.com/kiln-os/kiln/build/tree"
 	"github.com/kiln-os/kiln/layout"
+	"github.com/kiln-os/kiln/sign"
 )
 
 // Exit codes.
@@ -71,9 +77,13 @@ func signalName(s os.Signal) string {
 	return s.String()
 }
 
-// Run executes one kiln command line and returns its exit code.
+// Run executes one kiln command line and returns its exit code: 0, 1 for
+// a failed check, build or verification, 2 for bad usage or input, 128+N
+// when signal N interrupted it. The error goes to stderr, as a line, or
+// with --json as a JSON object (message, exit code and, where known, the
+// file, line and key).
 func Run(ctx context.Context, env Env) int {
-	root := newRootCommand(env)
+	root, g := newRootCommand(env)
 	root.SetArgs(env.Args)
 	root.SetIn(env.Stdin)
 	root.SetOut(env.Stdout)
@@ -82,22 +92,78 @@ func Run(ctx context.Context, env Env) int {
 	if err == nil {
 		return exitOK
 	}
+	code := exitCode(err)
 	var intr *Interrupted
 	if errors.As(context.Cause(ctx), &intr) {
-		fmt.Fprintf(env.Stderr, "kiln: %v; stopped, nothing half-written left behind\n", intr)
-		return intr.ExitCode()
+		err = fmt.Errorf("%w; stopped, nothing half-written left behind", intr)
+		code = intr.ExitCode()
 	}
-	fmt.Fprintf(env.Stderr, "kiln: %v\n", err)
-	var ee *exitError
+	if g.json {
+		enc := json.NewEncoder(env.Stderr)
+		enc.Encode(errorJSON(err, code))
+	} else {
+		fmt.Fprintf(env.Stderr, "kiln: %v\n", err)
+	}
+	return code
+}
+
+// inputErrors are the errors that mean the input is at fault — a missing
+// or malformed file, a recipe, layout, key, disk or payload that cannot be
+// what it should — wherever they surface: exit 2.
+var inputErrors = []error{
+	fs.ErrNotExist, fs.ErrPermission, layout.ErrInvalid, layout.ErrNoGPT, layout.ErrNotDisk, layout.ErrTooLarge,
+	build.ErrRecipe, tree.ErrBadPath, tree.ErrLinux, source.ErrTooLarge, source.ErrUnsupported, source.ErrWindow,
+	sign.ErrInvalidKey, sign.ErrUnsupportedKey, sign.ErrUnknownScheme,
+}
+
+// exitCode classifies err: an explicit usage or failure mark, else an
+// input error anywhere in its chain, else a failure.
+func exitCode(err error) int {
+	var pf *payload.FormatError
+	var ff *build.ForeignFilesError
 	switch {
-	case errors.As(err, &ee):
+	case isCobraUsage(err), errors.As(err, &pf), errors.As(err, &ff):
+		return exitUsage
+	}
+	for _, e := range inputErrors {
+		if errors.Is(err, e) {
+			return exitUsage
+		}
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
 		return ee.code
-	case errors.Is(err, layout.ErrInvalid):
-		return exitUsage
-	case isCobraUsage(err):
-		return exitUsage
 	}
 	return exitFailure
+}
+
+// errorJSON is an error as --json prints it.
+func errorJSON(err error, code int) map[string]any {
+	out := map[string]any{"error": err.Error(), "exit_code": code}
+	var re *build.RecipeError
+	var le *layout.Error
+	switch {
+	case errors.As(err, &re):
+		out["file"] = re.File
+		if re.Line > 0 {
+			out["line"] = re.Line
+		}
+		if re.Key != "" {
+			out["key"] = re.Key
+		}
+	case errors.As(err, &le):
+		out["file"] = le.Source
+		if le.Line > 0 {
+			out["line"] = le.Line
+		}
+		if le.Field != "" {
+			out["key"] = le.Field
+		}
+		if le.Partition != "" {
+			out["partition"] = le.Partition
+		}
+	}
+	return out
 }
 
 // isCobraUsage recognises cobra's own flag and argument errors, which it
@@ -134,7 +200,7 @@ func (g *globals) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-func newRootCommand(env Env) *cobra.Command {
+func newRootCommand(env Env) (*cobra.Command, *globals) {
 	g := &globals{env: env}
 	root := &cobra.Command{
 		Use:           "kiln",
@@ -150,7 +216,7 @@ func newRootCommand(env Env) *cobra.Command {
 	})
 	root.AddCommand(newBuildCommand(g), newKeygenCommand(g), newSignCommand(g), newVerifyCommand(g), newPayloadCommand(g), newLayoutCommand(g), newSlotCommand(g), newVersionCommand(g))
 	wrapArgs(root)
-	return root
+	return root, g
 }
 
 // wrapArgs makes cobra's argument-count errors usage errors everywhere.
@@ -172,7 +238,10 @@ func wrapArgs(c *cobra.Command) {
 			if len(args) > 0 {
 				return &cobraUsage{fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
 			}
-			return &cobraUsage{fmt.Errorf("%s needs a subcommand (see '%s --help')", cmd.CommandPath(), cmd.CommandPath())}
+			if cmd.HasParent() {
+				return &cobraUsage{fmt.Errorf("%s: a subcommand is needed (see '%s --help')", cmd.Name(), cmd.CommandPath())}
+			}
+			return &cobraUsage{fmt.Errorf("a subcommand is needed (see '%s --help')", cmd.CommandPath())}
 		}
 		c.Args = cobra.ArbitraryArgs
 	}
