@@ -344,6 +344,26 @@ func (b *builder) writeManifest(ctx context.Context, stage string, disk *os.File
 	return names, nil
 }
 
+// ErrUnstorable marks a tree that a filesystem cannot store as it is (a
+// time, id, name, xattr or device number out of its range): the input is
+// at fault, not the build.
+var ErrUnstorable = errors.New("build: the tree cannot be stored as it is")
+
+// unstorable are the writers' errors about what a tree holds.
+var unstorable = []error{
+	ext4.ErrTree, ext4.ErrTooManyLinks, ext4.ErrXattr,
+	squashfs.ErrTooManyIDs, squashfs.ErrXattrName, squashfs.ErrDevice, squashfs.ErrTime, squashfs.ErrInode,
+	squashfs.ErrName, squashfs.ErrDirLink, squashfs.ErrInodeType,
+	fat.ErrUnsupportedType, fat.ErrInvalidName, fat.ErrDuplicateName, fat.ErrFileTooLarge, fat.ErrDirFull,
+	tree.ErrLinux,
+}
+
+// unstorableError keeps a writer's message and adds ErrUnstorable.
+type unstorableError struct{ err error }
+
+func (u unstorableError) Error() string   { return u.err.Error() }
+func (u unstorableError) Unwrap() []error { return []error{ErrUnstorable, u.err} }
+
 // fsIDs derives a filesystem's UUID and hash seed from the build seed.
 func fsIDs(seed, label string) (uuid, hashSeed [16]byte) {
 	return layout.DeriveGUID(seed, "fs-uuid", label), layout.DeriveGUID(seed, "fs-hash-seed", label)
@@ -389,6 +409,12 @@ func writeFilesystem(w *boundedWriter, r *Recipe, p *PartitionSpec, e layout.Ent
 		err = fmt.Errorf("unknown filesystem %q", p.Filesystem)
 	}
 	if err != nil {
+		for _, u := range unstorable {
+			if errors.Is(err, u) {
+				err = unstorableError{err}
+				break
+			}
+		}
 		if strings.HasPrefix(err.Error(), p.Filesystem+": ") {
 			return nil, fmt.Errorf("%s: %w", e.Label, err) // the writer names itself
 		}

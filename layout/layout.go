@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"unicode/utf16"
 
 	"go.yaml.in/yaml/v3"
@@ -174,6 +176,39 @@ func Load(nameOrPath string) (*Layout, error) {
 	return Parse(data, nameOrPath)
 }
 
+// partitionOfKey splits a key path "partitions[i].field" into the name of
+// partition i ("2 (USR-A)", from its number and label keys) and the field.
+func partitionOfKey(doc *yaml.Node, key string) (partition, field string) {
+	var i int
+	var rest string
+	if n, err := fmt.Sscanf(key, "partitions[%d]", &i); err != nil || n != 1 {
+		return "", key
+	}
+	_, rest, _ = strings.Cut(key, "].")
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return "", key
+	}
+	root := doc.Content[0]
+	for k := 0; k+1 < len(root.Content); k += 2 {
+		if root.Content[k].Value != "partitions" || root.Content[k+1].Kind != yaml.SequenceNode || i >= len(root.Content[k+1].Content) {
+			continue
+		}
+		var number, label string
+		item := root.Content[k+1].Content[i]
+		for j := 0; j+1 < len(item.Content); j += 2 {
+			switch item.Content[j].Value {
+			case "number":
+				number = item.Content[j+1].Value
+			case "label":
+				label = item.Content[j+1].Value
+			}
+		}
+		n, _ := strconv.Atoi(number)
+		return partName(n, label), rest
+	}
+	return "", key
+}
+
 // Parse decodes and validates a YAML layout; source names it in errors.
 func Parse(data []byte, source string) (*Layout, error) {
 	var y yamlLayout
@@ -184,7 +219,8 @@ func Parse(data []byte, source string) (*Layout, error) {
 	_ = yaml.Unmarshal(data, &doc)
 	if err := dec.Decode(&y); err != nil {
 		if ps := yamlerr.Problems(err, &doc); len(ps) > 0 {
-			return nil, &Error{Source: source, Line: ps[0].Line, Field: ps[0].Key, Err: errors.New(ps[0].Msg)}
+			part, field := partitionOfKey(&doc, ps[0].Key)
+			return nil, &Error{Source: source, Line: ps[0].Line, Partition: part, Field: field, Err: errors.New(ps[0].Msg)}
 		}
 		return nil, &Error{Source: source, Err: err}
 	}

@@ -44,7 +44,7 @@ func TestValidationErrors(t *testing.T) {
 		line      int
 		msg       string
 	}{
-		{"unknown key", strings.Replace(base, "    size: 64MiB", "    size: 64MiB\n    colour: red", 1), "", "", 0, "field colour not found"},
+		{"unknown key", strings.Replace(base, "    size: 64MiB", "    size: 64MiB\n    colour: red", 1), "2 (USR-A)", "colour", 12, "unknown key"},
 		{"malformed size", strings.Replace(base, "64MiB", "64MB", 1), "2 (USR-A)", "size", 8, `malformed size "64MB"`},
 		{"zero size", strings.Replace(base, "64MiB", "0", 1), "2 (USR-A)", "size", 8, "not a positive multiple"},
 		{"unaligned size", strings.Replace(base, "64MiB", "1000B", 1), "2 (USR-A)", "size", 8, "not a positive multiple of 512"},

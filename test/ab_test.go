@@ -69,7 +69,7 @@ func bootTrial(t *testing.T, disk string, partition int) {
 func TestAntiRollbackUsesSignedRecords(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
-	mustRun(t, kiln, "keygen", "--type", "rsa-3072", "-o", key)
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
 	rel := releases(t, dir, key, "1.0.0", "2.0.0", "1.0.1")
 	full2, full101 := filepath.Join(dir, "2.payload"), filepath.Join(dir, "101.payload")
 	mustRun(t, kiln, "payload", "generate", "--to", rel["2.0.0"], "-o", full2, "--key", key+".key")
@@ -136,7 +136,7 @@ func TestAntiRollbackUsesSignedRecords(t *testing.T) {
 func TestWritersTakeTheLock(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
-	mustRun(t, kiln, "keygen", "--type", "rsa-3072", "-o", key)
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
 	rel := releases(t, dir, key, "1.0.0", "2.0.0")
 	delta := filepath.Join(dir, "delta.payload")
 	mustRun(t, kiln, "payload", "generate", "--from", rel["1.0.0"], "--to", rel["2.0.0"], "-o", delta, "--key", key+".key")
@@ -219,7 +219,7 @@ func TestWritersTakeTheLock(t *testing.T) {
 func TestKilledApplyAndMarkGood(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
-	mustRun(t, kiln, "keygen", "--type", "rsa-3072", "-o", key)
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
 	rel := releases(t, dir, key, "1.0.0", "2.0.0", "3.0.0")
 	full2 := filepath.Join(dir, "full2.payload")
 	delta23 := filepath.Join(dir, "delta23.payload")
@@ -307,7 +307,7 @@ func TestKilledApplyAndMarkGood(t *testing.T) {
 func TestApplyToBlockDevice(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
-	mustRun(t, kiln, "keygen", "--type", "rsa-3072", "-o", key)
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
 	rel := releases(t, dir, key, "1.0.0", "2.0.0")
 	delta := filepath.Join(dir, "delta.payload")
 	mustRun(t, kiln, "payload", "generate", "--from", rel["1.0.0"], "--to", rel["2.0.0"], "-o", delta, "--key", key+".key")

@@ -337,36 +337,42 @@ func TestBuildReproducible(t *testing.T) {
 func TestBuildFailuresLeaveNothing(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
-	// A source that does not exist: exit 1, no output directory.
+	// A source that does not exist: exit 2 (bad input), no output directory.
 	r := kilnEnv(t, nil, "build", usrRecipe(t, dir, "dir:does-not-exist", "ext4"), "-o", out)
-	if r.code != 1 || !strings.Contains(r.stderr, "USR-A: source dir:does-not-exist") {
+	if r.code != 2 || !strings.Contains(r.stderr, "USR-A: source dir:does-not-exist") {
 		t.Errorf("missing source: %+v", r)
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("failed build left %s behind", out)
 	}
-	// A tree too large for the partition: exit 1, an existing OUTDIR keeps
-	// only what it had.
+	// A tree too large for the partition: exit 1, and an earlier build's
+	// output in OUTDIR stays as it was.
+	small := filepath.Join(dir, "small")
+	os.MkdirAll(small, 0o755)
+	os.WriteFile(filepath.Join(small, "f"), []byte("small"), 0o644)
+	if r := kilnEnv(t, nil, "build", "-q", usrRecipe(t, dir, "dir:"+small, "ext4"), "-o", out); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	before, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
 	big := filepath.Join(dir, "big")
 	os.MkdirAll(big, 0o755)
 	f, _ := os.Create(filepath.Join(big, "huge"))
 	f.Truncate(1100 << 20) // sparse, but a file of 1.1 GiB does not fit a 1 GiB slot
 	f.Close()
-	os.MkdirAll(out, 0o755)
-	os.WriteFile(filepath.Join(out, "keep"), []byte("x"), 0o644)
 	r = kilnEnv(t, nil, "build", usrRecipe(t, dir, "dir:"+big, "ext4"), "-o", out)
 	if r.code != 1 || !strings.Contains(r.stderr, "USR-A") {
 		t.Errorf("oversized USR: %+v", r)
 	}
 	entries, _ := os.ReadDir(out)
-	if len(entries) != 1 || entries[0].Name() != "keep" {
-		t.Errorf("failed build left %v in OUTDIR", entries)
+	after, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if len(entries) != 4 || string(after) != string(before) {
+		t.Errorf("a failed build changed OUTDIR: %v", entries)
 	}
 	// Recipe errors name the file, line and key, exit 2.
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte("name: x\nversion: 1.0.0\npartitions:\n  USR-A:\n    filesytem: ext4\n"), 0o644)
 	r = kilnEnv(t, nil, "build", bad, "-o", out)
-	if r.code != 2 || !strings.Contains(r.stderr, "recipe "+bad+":5: filesytem: unknown key") {
+	if r.code != 2 || !strings.Contains(r.stderr, "recipe "+bad+":5: partitions.USR-A.filesytem: unknown key") {
 		t.Errorf("unknown key: %+v", r)
 	}
 	os.WriteFile(bad, []byte("name: x\nversion: 1.0.0\npartitions:\n  USR-C:\n    filesystem: ext4\n"), 0o644)

@@ -54,7 +54,7 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{"recipe type error names the key", []string{"build", w("r4.yaml", "name: t\nversion: [1]\npartitions: {}\n"), "-o", out("4")}, 2, "r4.yaml:2: version: want a string, got a list"},
 		{"recipe size 0", []string{"build", w("r5.yaml", "name: t\nversion: 1.0.0\nsize: \"0\"\npartitions: {}\n"), "-o", out("5")}, 2, "r5.yaml:3: size: a disk needs a size above 0"},
 		{"recipe size too large for a file", []string{"build", w("r6.yaml", "name: t\nversion: 1.0.0\nsize: 100TiB\npartitions: {}\n"), "-o", out("6")}, 2, "recipe size 100TiB: " + out("6") + "'s filesystem holds no file that large"},
-		{"unknown layout key", []string{"layout", "init", "--layout", w("l.yaml", "name: x\npartitions:\n  - {number: 1, label: A, type: esp, size: 1MiB, bogus: 1}\n"), filepath.Join(dir, "l.img")}, 2, "l.yaml:3: partitions[0].bogus: unknown key"},
+		{"unknown layout key", []string{"layout", "init", "--layout", w("l.yaml", "name: x\npartitions:\n  - {number: 1, label: A, type: esp, size: 1MiB, bogus: 1}\n"), filepath.Join(dir, "l.img")}, 2, "l.yaml:3: partition 1 (A): bogus: unknown key"},
 		{"--size ''", []string{"layout", "init", "--size", "", filepath.Join(dir, "s.img")}, 2, "--size: malformed size"},
 		{"random disk: layout show", []string{"layout", "show", rand}, 2, "no valid GPT"},
 		{"random disk: layout check", []string{"layout", "check", rand}, 2, "no valid GPT"},

@@ -404,7 +404,7 @@ func TestUsageAndInputErrors(t *testing.T) {
 	}
 	// A disk that is not a GPT disk.
 	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
-	if r := run(t, kiln, "layout", "show", disk); r.code != 1 || !strings.Contains(r.stderr, "no valid GPT") {
+	if r := run(t, kiln, "layout", "show", disk); r.code != 2 || !strings.Contains(r.stderr, "no valid GPT") {
 		t.Errorf("show of a zero disk: %+v", r)
 	}
 	// A disk whose partitions differ from the layout: exit 1 naming them.

@@ -60,13 +60,13 @@ func mustBuild(t *testing.T, recipe, out string, epoch int64) *manifest.Manifest
 	return readManifest(t, out)
 }
 
-// mustRefuse builds and wants exit 1 with every one of want in stderr,
-// and nothing left in out.
+// mustRefuse builds and wants exit 2 (the input cannot be stored as it
+// is) with every one of want in stderr, and nothing left in out.
 func mustRefuse(t *testing.T, recipe, out string, epoch int64, want ...string) string {
 	t.Helper()
 	r := kilnBuild(t, recipe, out, epoch)
-	if r.code != 1 {
-		t.Fatalf("build %s: exit %d, want 1 (refused)\nstdout: %s\nstderr: %s", recipe, r.code, r.stdout, r.stderr)
+	if r.code != 2 {
+		t.Fatalf("build %s: exit %d, want 2 (refused)\nstdout: %s\nstderr: %s", recipe, r.code, r.stdout, r.stderr)
 	}
 	for _, w := range want {
 		if !strings.Contains(r.stderr, w) {
