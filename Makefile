@@ -17,7 +17,8 @@ TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
 # android-12.1 release, fetched once into the cache (never into the
 # repository). The pin is on content: the scripts/ tree and the
 # update_metadata.proto blob must have these git object ids (those of
-# commit e7ba2a80e50c, the sc-v2-release (Android 12.1) snapshot).
+# commit e7ba2a80e50c, the sc-v2-release (Android 12.1) snapshot; neither
+# changed on that branch after 2021-04-30).
 # Its protobuf module is regenerated from the .proto with Debian's protoc so
 # that it matches Debian's python3-protobuf.
 UPDATE_ENGINE_GIT   ?= https://android.googlesource.com/platform/system/update_engine

@@ -26,11 +26,11 @@ import (
 // it), on kiln's default payloads, full and delta, for an ext4 and a
 // squashfs USR: it checks every manifest rule, the signatures against the
 // public key, applies the payload with its own applier (REPLACE_XZ with
-// Python's lzma, SOURCE_BSDIFF with Debian's bspatch) and compares the
-// result with the new usr.img. It must also refuse a payload with one data
-// byte flipped and a payload checked against another key, and (to show
-// the checker is the one that refuses what issue 11 found) a payload with
-// ZSTD operations.
+// Python's lzma, REPLACE_BZ with its bz2, SOURCE_BSDIFF with Debian's
+// bspatch) and compares the result with the new usr.img. It must also
+// refuse a payload with one data byte flipped and a payload checked
+// against another key, and (to show the checker is the one that refuses
+// what issue 11 found) a payload with ZSTD operations.
 func TestPaycheckAcceptsPayloads(t *testing.T) {
 	pc := newPaycheck(t)
 	for _, fs := range []string{"ext4", "squashfs"} {
@@ -54,6 +54,10 @@ func TestPaycheckAcceptsPayloads(t *testing.T) {
 
 			pc.accept(t, full, key+".pub", "full", "", usr2)
 			pc.accept(t, delta, key+".pub", "delta", usr1, usr2)
+			// REPLACE_BZ, the other compression every update_engine reads.
+			bz2 := filepath.Join(dir, "bz2.payload")
+			mustRun(t, kiln, "payload", "generate", "--from", out1, "--to", out2, "-o", bz2, "--key", key+".key", "--compression", "bz2")
+			pc.accept(t, bz2, key+".pub", "delta", usr1, usr2)
 
 			// One flipped byte in the data of an operation: its hash fails.
 			for _, p := range []string{full, delta} {

@@ -61,6 +61,7 @@ func TestClientsOfPayloads(t *testing.T) {
 		{"full xz", false, CompressionXZ, VerityTreeInPayload, testKey(), all},
 		{"delta xz", true, CompressionXZ, VerityTreeInPayload, testKey(), all},
 		{"full none", false, CompressionNone, VerityTreeInPayload, testKey(), all},
+		{"full bz2", false, CompressionBZ2, VerityTreeInPayload, testKey(), all},
 		{"full zstd", false, CompressionZstd, VerityTreeInPayload, testKey(), "android-zstd kiln"},
 		{"delta auto", true, CompressionAuto, VerityTreeInPayload, testKey(), "android-zstd kiln"},
 		{"delta tree by client", true, CompressionXZ, VerityTreeByClient, testKey(), "android-12 android-zstd kiln"},

@@ -5,10 +5,11 @@ import (
 	"compress/bzip2"
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	bzip2w "github.com/kiln-os/kiln/build/payload/internal/bzip2"
 )
 
 // Compression selects how the planner compresses REPLACE data.
@@ -26,9 +27,12 @@ const (
 	CompressionZstd
 	// CompressionNone writes plain REPLACE operations.
 	CompressionNone
+	// CompressionBZ2 uses REPLACE_BZ only: every update_engine reads it;
+	// about twice as fast to generate as xz, and a little larger.
+	CompressionBZ2
 )
 
-var compressionNames = [...]string{"xz", "auto", "zstd", "none"}
+var compressionNames = [...]string{"xz", "auto", "zstd", "none", "bz2"}
 
 func (c Compression) String() string {
 	if int(c) < len(compressionNames) {
@@ -37,26 +41,45 @@ func (c Compression) String() string {
 	return fmt.Sprintf("Compression(%d)", uint8(c))
 }
 
-// ParseCompression parses a Compression name ("xz", "auto", "zstd", "none").
+// ParseCompression parses a Compression name ("xz", "auto", "zstd", "none",
+// "bz2").
 func ParseCompression(s string) (Compression, error) {
 	for i, n := range compressionNames {
 		if n == s {
 			return Compression(i), nil
 		}
 	}
-	return 0, fmt.Errorf("payload: unknown compression %q (want xz, auto, zstd or none)", s)
+	return 0, fmt.Errorf("payload: unknown compression %q (want xz, auto, zstd, bz2 or none)", s)
 }
 
-var zstdEncoder = sync.OnceValue(func() *zstd.Encoder {
-	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(false))
-	if err != nil {
-		panic(err)
-	}
-	return e
-})
+// compressor compresses REPLACE data as a Compression says, from several
+// goroutines at once.
+type compressor struct {
+	c    Compression
+	zstd *zstd.Encoder // nil unless c uses ZSTD
+}
 
-func compressZstd(b []byte) []byte {
-	return zstdEncoder().EncodeAll(b, make([]byte, 0, len(b)/2))
+// newCompressor makes a compressor for c that serves up to workers
+// concurrent calls (a zstd encoder runs no more calls at once than the
+// concurrency it was made with).
+func newCompressor(c Compression, workers int) (*compressor, error) {
+	z := &compressor{c: c}
+	if c == CompressionAuto || c == CompressionZstd {
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression),
+			zstd.WithEncoderConcurrency(max(workers, 1)), zstd.WithLowerEncoderMem(false))
+		if err != nil {
+			return nil, fmt.Errorf("payload: zstd encoder: %w", err)
+		}
+		z.zstd = e
+	}
+	return z, nil
+}
+
+// close releases the zstd encoder.
+func (z *compressor) close() {
+	if z.zstd != nil {
+		z.zstd.Close()
+	}
 }
 
 func compressXZ(b []byte) ([]byte, error) {
@@ -76,14 +99,20 @@ func compressXZ(b []byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// compress returns the smallest encoding of b that c allows: the
+// compress returns the smallest encoding of b that z.c allows: the
 // operation type and its data. Data that no compressor shrinks is a plain
 // REPLACE, as update_engine expects.
-func compress(b []byte, c Compression) (OpType, []byte, error) {
+func (z *compressor) compress(b []byte) (OpType, []byte, error) {
+	c := z.c
 	typ, best := OpReplace, b
-	if c == CompressionAuto || c == CompressionZstd {
-		if z := compressZstd(b); len(z) < len(best) {
-			typ, best = OpZstd, z
+	if z.zstd != nil {
+		if out := z.zstd.EncodeAll(b, make([]byte, 0, len(b)/2)); len(out) < len(best) {
+			typ, best = OpZstd, out
+		}
+	}
+	if c == CompressionBZ2 {
+		if z := bzip2w.Compress(b); len(z) < len(best) {
+			typ, best = OpReplaceBZ, z
 		}
 	}
 	if c == CompressionAuto || c == CompressionXZ {

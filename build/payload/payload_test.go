@@ -23,7 +23,7 @@ func TestOpTypeNames(t *testing.T) {
 	if OpZstd != 14 || OpReplaceXZ != 8 || OpZero != 6 || OpSourceBsdiff != 5 || OpSourceCopy != 4 {
 		t.Error("operation type numbers differ from update_engine's")
 	}
-	for _, c := range []Compression{CompressionAuto, CompressionXZ, CompressionZstd, CompressionNone} {
+	for _, c := range []Compression{CompressionAuto, CompressionXZ, CompressionZstd, CompressionNone, CompressionBZ2} {
 		if got, err := ParseCompression(c.String()); err != nil || got != c {
 			t.Errorf("compression %v does not round-trip", c)
 		}
@@ -33,7 +33,7 @@ func TestOpTypeNames(t *testing.T) {
 func TestFullRoundTrip(t *testing.T) {
 	_, newFiles := releases(1)
 	img, m := buildImage(newFiles, 8<<20, 2)
-	for _, comp := range []Compression{CompressionAuto, CompressionXZ, CompressionZstd, CompressionNone} {
+	for _, comp := range []Compression{CompressionAuto, CompressionXZ, CompressionZstd, CompressionNone, CompressionBZ2} {
 		t.Run(comp.String(), func(t *testing.T) {
 			plan := mustPlan(t, Config{New: Image{R: bytes.NewReader(img), Size: int64(len(img)), Map: m}, NewVersion: "2.0.0", Compression: comp})
 			if plan.MinorVersion != FullMinorVersion || plan.Old != nil {

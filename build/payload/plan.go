@@ -117,7 +117,7 @@ func (c *Config) Validate() error {
 	if c.NewVersion == "" {
 		return errors.New("payload: config: NewVersion is required (it guards against rollback)")
 	}
-	if c.Compression > CompressionNone {
+	if int(c.Compression) >= len(compressionNames) {
 		return fmt.Errorf("payload: config: unknown compression %v", c.Compression)
 	}
 	if c.Workers < 0 || c.MaxDiffSize < 0 {
@@ -244,7 +244,12 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 		}
 		p.Old = &PartitionInfo{Size: cfg.Old.Size, Hash: oldH.sum}
 	}
-	pl := planner{cfg: &cfg, newH: newH, oldH: oldH, nBlocks: uint32(cfg.New.Size / BlockSize)}
+	comp, err := newCompressor(cfg.Compression, cfg.Workers)
+	if err != nil {
+		return nil, err
+	}
+	defer comp.close()
+	pl := planner{cfg: &cfg, newH: newH, oldH: oldH, nBlocks: uint32(cfg.New.Size / BlockSize), comp: comp}
 	jobs := pl.classify()
 	if p.spool, err = os.CreateTemp(cfg.TempDir, "kiln-payload-*.spool"); err != nil {
 		return nil, fmt.Errorf("payload: spool: %w", err)
@@ -348,6 +353,7 @@ type planner struct {
 	nBlocks    uint32
 	kind       []uint8
 	copySrc    []uint32
+	comp       *compressor
 
 	// zeroRuns caches the compressed form of n zero blocks: a full payload
 	// of a mostly empty partition compresses the same 2 MiB of zeros
@@ -368,7 +374,7 @@ func (pl *planner) compressZeros(n int) (OpType, []byte, error) {
 	if z, ok := pl.zeroRuns[n]; ok {
 		return z.typ, z.data, nil
 	}
-	typ, data, err := compress(make([]byte, n*BlockSize), pl.cfg.Compression)
+	typ, data, err := pl.comp.compress(make([]byte, n*BlockSize))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -776,7 +782,7 @@ func (pl *planner) generate(j job) (Op, []byte, error) {
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: new image: %w", err)
 	}
-	typ, data, err := compress(newData, pl.cfg.Compression)
+	typ, data, err := pl.comp.compress(newData)
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: compressing blocks %d…: %w", j.dst[0], err)
 	}
