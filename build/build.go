@@ -491,7 +491,10 @@ func (b *builder) writeUsr(ctx context.Context, stage string, p *PartitionSpec, 
 	}
 
 	b.start("verity "+e.Label, dataSize)
-	salt := verity.SaltFromSeed([]byte(b.r.Seed + "/verity/" + e.Label))
+	// The salt derives from the recipe's name, not its version, so it stays
+	// the same from release to release: a delta then carries only the hash
+	// blocks whose data changed (a new salt changes every one of them).
+	salt := verity.SaltFromSeed([]byte(b.r.Name + "/verity/" + e.Label))
 	params := verity.Params{DataBlocks: uint64(dataSize / 4096), Salt: salt, UUID: layout.DeriveGUID(b.r.Seed, "verity-uuid", e.Label)}
 	root, err := verity.Format(ctxIO{ctx, f}, 0, dataSize, params)
 	if err != nil {

@@ -133,7 +133,7 @@ partitions:
 YAML
 SOURCE_DATE_EPOCH=1700000000 "$KILN" build -q "$W/d/r$v.yaml" -o "$W/d/out$v" >/dev/null
 done
-"$KILN" keygen --type rsa-3072 -o "$W/d/rk" >/dev/null
+"$KILN" keygen --type rsa-2048 -o "$W/d/rk" >/dev/null
 OLD=$W/d/out1/usr.img NEW=$W/d/out2/usr.img
 export OLD NEW
 kiln_delta() { "$KILN" payload generate --from "$W/d/out1" --to "$W/d/out2" -o "$W/d/delta.payload" --key "$W/d/rk.key"; }

@@ -92,8 +92,16 @@ type GenerateOptions struct {
 	// Out is the payload file; it is written to a temporary file beside
 	// it and renamed at the end.
 	Out            string
-	Signer         sign.Signer
-	Compression    payload.Compression
+	Signer      sign.Signer
+	Compression payload.Compression
+	// VerityTree says whether the payload carries the dm-verity tree as
+	// data (the default) or leaves it to the client (hash_tree_* fields,
+	// minor version 6).
+	VerityTree payload.VerityTree
+	// Client is the client family that must apply the payload: the
+	// configuration and the key are checked against it before anything is
+	// planned.
+	Client         payload.Client
 	AllowDowngrade bool
 	Log            *slog.Logger
 }
@@ -131,6 +139,15 @@ func Generate(ctx context.Context, o GenerateOptions) (*payload.Plan, error) {
 		}
 		defer of.Close()
 		cfg.Old, cfg.OldVersion = oldImg, o.From.Manifest.Version
+	}
+	cfg.VerityTree = o.VerityTree
+	if err := o.Client.CheckConfig(&cfg); err != nil {
+		return nil, fmt.Errorf("client %s: %w", o.Client, err)
+	}
+	if pub, err := o.Signer.PublicKey(); err != nil {
+		return nil, err
+	} else if err := o.Client.CheckKey(pub); err != nil {
+		return nil, fmt.Errorf("client %s: %w", o.Client, err)
 	}
 	plan, err := payload.NewPlan(ctx, cfg)
 	if err != nil {

@@ -26,7 +26,7 @@ func newPayloadCommand(g *globals) *cobra.Command {
 }
 
 func newPayloadGenerateCommand(g *globals) *cobra.Command {
-	var to, from, out, key, compression, clientName string
+	var to, from, out, key, compression, clientName, tree string
 	var allowDowngrade bool
 	clientNames := make([]string, len(payload.Clients))
 	for i, c := range payload.Clients {
@@ -75,7 +75,14 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 			if err := client.CheckKey(pub); err != nil {
 				return usageError(fmt.Errorf("--key %s for --client %s: %w: make one with `kiln keygen --type rsa-2048`, or choose --client kiln", key, client, err))
 			}
-			o := update.GenerateOptions{Out: out, Signer: signer, Compression: comp, AllowDowngrade: allowDowngrade, Log: g.logger()}
+			vt, err := payload.ParseVerityTree(tree)
+			if err != nil {
+				return usageError(fmt.Errorf("--verity-tree: %w", err))
+			}
+			if err := client.CheckConfig(&payload.Config{Compression: comp, VerityTree: vt}); err != nil {
+				return usageError(fmt.Errorf("--verity-tree %s for --client %s: %w", vt, client, err))
+			}
+			o := update.GenerateOptions{Out: out, Signer: signer, Compression: comp, VerityTree: vt, Client: client, AllowDowngrade: allowDowngrade, Log: g.logger()}
 			if o.To, err = update.OpenRelease(to); err != nil {
 				return usageError(err)
 			}
@@ -128,6 +135,7 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 	c.Flags().StringVar(&key, "key", "", "signing key: PEM file, env://VAR or KMS URI (RSA-2048 for update_engine clients)")
 	c.Flags().StringVar(&clientName, "client", payload.ClientAndroid12.String(), "client family that must apply the payload: "+strings.Join(clientNames, ", "))
 	c.Flags().StringVar(&compression, "compression", "", "xz, bz2, zstd, auto (smaller of xz and zstd) or none (default: zstd when the client reads it, else xz)")
+	c.Flags().StringVar(&tree, "verity-tree", payload.VerityTreeInPayload.String(), "payload: the dm-verity tree travels as data; client: the client computes it (hash_tree_* fields, minor version 6, deltas)")
 	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "allow --to to be older than --from")
 	return c
 }
