@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -399,11 +398,7 @@ func TestBuildMemoryBounded(t *testing.T) {
 		f.Write(buf)
 	}
 	f.Close()
-	cmd := exec.Command(kiln, "build", usrRecipe(t, dir, "dir:"+usr, "ext4"), "-o", filepath.Join(dir, "out"))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss * 1024
+	rss := peakRSS(t, "build", usrRecipe(t, dir, "dir:"+usr, "ext4"), "-o", filepath.Join(dir, "out"))
 	t.Logf("peak RSS %d MiB", rss>>20)
 	if rss > 512<<20 {
 		t.Errorf("peak RSS %d MiB, want < 512 MiB", rss>>20)

@@ -164,6 +164,11 @@ func newPaycheck(t *testing.T) *paycheck {
 		}
 		script = filepath.Join(cache, "kiln", "update_engine-"+paycheckTree, "scripts", "paycheck.py")
 	}
+	if why := os.Getenv("KILN_PAYCHECK_UNAVAILABLE"); why != "" && !fileExists(script) {
+		// make deps could not reach the AOSP sources (a machine without
+		// that network): the one test kiln cannot run there. It says so.
+		t.Skipf("SKIPPED: %s; paycheck.py is not available on this machine", why)
+	}
 	if !fileExists(script) {
 		t.Fatalf("update_engine's paycheck.py is not at %s (`make deps` fetches it; KILN_PAYCHECK names another)", script)
 	}
