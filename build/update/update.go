@@ -91,7 +91,7 @@ type GenerateOptions struct {
 	To   *Release
 	// Out is the payload file; it is written to a temporary file beside
 	// it and renamed at the end.
-	Out            string
+	Out         string
 	Signer      sign.Signer
 	Compression payload.Compression
 	// VerityTree says whether the payload carries the dm-verity tree as
