@@ -1,31 +1,17 @@
 package build
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/kiln-os/kiln/internal/progress"
+)
 
 // Progress receives a build's progress: stages in order, and bytes as they
-// are processed. Add may be called from several goroutines.
-type Progress interface {
-	// Start begins a stage; total is its size in bytes, 0 when unknown.
-	Start(stage string, total int64)
-	// Add reports n more bytes done in the current stage.
-	Add(n int64)
-	// End finishes the current stage.
-	End()
-}
+// are processed (see internal/progress).
+type Progress = progress.Reporter
 
 // NoProgress discards progress reports.
-type NoProgress struct{}
-
-// Start does nothing.
-func (NoProgress) Start(string, int64) {}
-
-// Add does nothing.
-func (NoProgress) Add(int64) {}
-
-// End does nothing.
-func (NoProgress) End() {}
-
-var _ Progress = NoProgress{}
+type NoProgress = progress.None
 
 // progressCounter forwards byte counts to a Progress and keeps a total.
 type progressCounter struct {

@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/kiln-os/kiln/build/blockmap"
+	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/build/payload/bsdiff"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 	// MaxDiffSize is the largest old or new input of one bsdiff (default
 	// DefaultMaxDiffSize); larger files are diffed in windows.
 	MaxDiffSize int64
+	// Progress, when set, hears the planning's stages: hashing the images,
+	// then planning the new image's bytes.
+	Progress progress.Reporter
 }
 
 // Planner limits.
@@ -220,7 +224,10 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 	if cfg.MaxDiffSize == 0 {
 		cfg.MaxDiffSize = DefaultMaxDiffSize
 	}
-	newH, err := hashImage(ctx, &cfg.New, cfg.Workers)
+	cfg.Progress = progress.Or(cfg.Progress)
+	cfg.Progress.Start("hashing the new image", cfg.New.Size)
+	newH, err := hashImage(ctx, &cfg.New, cfg.Workers, cfg.Progress)
+	cfg.Progress.End()
 	if err != nil {
 		return nil, fmt.Errorf("payload: hashing new image: %w", err)
 	}
@@ -235,7 +242,10 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 	}
 	var oldH *imageHashes
 	if cfg.Old != nil {
-		if oldH, err = hashImage(ctx, cfg.Old, cfg.Workers); err != nil {
+		cfg.Progress.Start("hashing the old image", cfg.Old.Size)
+		oldH, err = hashImage(ctx, cfg.Old, cfg.Workers, cfg.Progress)
+		cfg.Progress.End()
+		if err != nil {
 			return nil, fmt.Errorf("payload: hashing old image: %w", err)
 		}
 		p.MinorVersion = DeltaMinorVersion
@@ -254,7 +264,13 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 	if p.spool, err = os.CreateTemp(cfg.TempDir, "kiln-payload-*.spool"); err != nil {
 		return nil, fmt.Errorf("payload: spool: %w", err)
 	}
+	var planned int64
+	for _, j := range jobs {
+		planned += int64(len(j.dst)) * BlockSize
+	}
+	cfg.Progress.Start("planning operations", planned)
 	ops, err := pl.run(ctx, jobs, p.spool)
+	cfg.Progress.End()
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -291,7 +307,7 @@ type imageHashes struct {
 
 var zeroBlock [BlockSize]byte
 
-func hashImage(ctx context.Context, img *Image, workers int) (*imageHashes, error) {
+func hashImage(ctx context.Context, img *Image, workers int, prog progress.Reporter) (*imageHashes, error) {
 	const chunk = 1 << 20
 	n := img.Size / BlockSize
 	h := &imageHashes{blocks: make([][32]byte, n), zero: make([]bool, n)}
@@ -328,6 +344,7 @@ func hashImage(ctx context.Context, img *Image, workers int) (*imageHashes, erro
 			break
 		}
 		whole.Write(buf)
+		prog.Add(int64(len(buf)))
 		pieces <- piece{buf, off / BlockSize}
 	}
 	close(pieces)
@@ -750,6 +767,7 @@ func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, e
 					cancel(err)
 					continue
 				}
+				pl.cfg.Progress.Add(int64(len(j.dst)) * BlockSize)
 				ops[i] = op
 			}
 		}()

@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-os/kiln/build/payload"
 	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verity"
+	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/layout"
 	"github.com/kiln-os/kiln/sign"
 )
@@ -31,8 +32,10 @@ type InstallOptions struct {
 	// the zero value is this machine. On a disk image, or a disk the
 	// system did not boot from, the booted slot is inferred from the slot
 	// bits (slot.InferBooted).
-	System   slot.System
-	Progress func(done, total int)
+	System slot.System
+	// Progress, when set, hears the stages: checking the payload, writing
+	// the slot, reading it back.
+	Progress progress.Reporter
 	Log      *slog.Logger
 }
 
@@ -95,6 +98,7 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	prog := progress.Or(o.Progress)
 	// (1) The payload: parsed, one "usr" partition, signatures and data.
 	pf, err := os.Open(o.Payload)
 	if err != nil {
@@ -121,7 +125,10 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	if part.Verity == nil {
 		return nil, fmt.Errorf("%w: %s records no dm-verity tree; kiln marks only verity-checked slots bootable", ErrWrongPayload, o.Payload)
 	}
-	if err := p.Verify(ctx, Verifier{o.Verifier}); err != nil {
+	prog.Start("checking the payload", 0)
+	err = p.Verify(ctx, Verifier{o.Verifier})
+	prog.End()
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Payload, err)
 	}
 
@@ -197,14 +204,16 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	if part.Old != nil {
 		src = bootedArea
 	}
-	dst := &slotTarget{f: dev, off: target.Offset(), size: target.Size(), beforeFirstWrite: func() error {
+	dst := &slotTarget{f: dev, off: target.Offset(), size: target.Size(), prog: prog, beforeFirstWrite: func() error {
 		if target.Slot() == (layout.SlotState{}) && t.Copies.Err() == nil {
 			return nil
 		}
 		slot.MarkUnbootable(target)
 		return layout.UpdateAttributes(dev, d.Size, o.Disk, t)
 	}}
-	res, err := payload.Apply(ctx, p, src, dst, payload.ApplyOptions{Verifier: Verifier{o.Verifier}, Progress: o.Progress})
+	prog.Start("writing "+target.Label, target.Size())
+	res, err := payload.Apply(ctx, p, src, dst, payload.ApplyOptions{Verifier: Verifier{o.Verifier}})
+	prog.End()
 	if err != nil {
 		return nil, fmt.Errorf("%s into %s: %w", o.Payload, target.Label, err)
 	}
@@ -213,9 +222,11 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	if err := dropCache(dev, target.Offset(), target.Size()); err != nil {
 		return nil, fmt.Errorf("%s: flushing %s: %w", o.Disk, target.Label, err)
 	}
+	prog.Start("reading "+target.Label+" back from the device", 2*target.Size())
+	defer prog.End()
 	written := io.NewSectionReader(dev, target.Offset(), target.Size())
 	h := sha256.New()
-	if _, err := io.Copy(h, written); err != nil {
+	if _, err := io.Copy(h, progress.Reader{R: written, P: prog}); err != nil {
 		return nil, fmt.Errorf("%s: reading %s back: %w", o.Disk, target.Label, err)
 	}
 	if sum := h.Sum(nil); string(sum) != string(part.New.Hash[:]) {
@@ -241,6 +252,7 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	if _, err := verity.Verify(written, 0, newRec.Record.Verity.HashOffset, root); err != nil {
 		return nil, fmt.Errorf("%s: %s read back from the device: %w", o.Disk, target.Label, err)
 	}
+	prog.Add(target.Size())
 
 	// (6) Boot next, on trial; no other slot changes.
 	t, err = d.ReadTable()

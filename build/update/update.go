@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verify"
 	"github.com/kiln-os/kiln/build/verity"
+	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/sign"
 )
 
@@ -104,6 +105,9 @@ type GenerateOptions struct {
 	Client         payload.Client
 	AllowDowngrade bool
 	Log            *slog.Logger
+	// Progress, when set, hears the stages: hashing the images, planning,
+	// writing the payload.
+	Progress progress.Reporter
 }
 
 // Generate plans, writes and signs a payload from From (or nothing) to To.
@@ -141,6 +145,7 @@ func Generate(ctx context.Context, o GenerateOptions) (*payload.Plan, error) {
 		cfg.Old, cfg.OldVersion = oldImg, o.From.Manifest.Version
 	}
 	cfg.VerityTree = o.VerityTree
+	cfg.Progress = o.Progress
 	if err := o.Client.CheckConfig(&cfg); err != nil {
 		return nil, fmt.Errorf("client %s: %w", o.Client, err)
 	}
@@ -171,7 +176,11 @@ func Generate(ctx context.Context, o GenerateOptions) (*payload.Plan, error) {
 			plan.Close()
 		}
 	}()
-	if _, err := payload.Write(tmp, plan, Signer{S: o.Signer, Size: size}); err != nil {
+	prog := progress.Or(o.Progress)
+	prog.Start("writing and signing the payload", 0)
+	_, err = payload.Write(tmp, plan, Signer{S: o.Signer, Size: size})
+	prog.End()
+	if err != nil {
 		return nil, err
 	}
 	if err := tmp.Chmod(0o644); err != nil {
@@ -278,13 +287,14 @@ func sigSize(s sign.Signer) (int, error) {
 }
 
 // slotTarget is the passive slot as Apply sees it: reads and writes are
-// confined to the partition, and beforeFirstWrite runs once, before the
-// first byte is written.
+// confined to the partition, beforeFirstWrite runs once, before the first
+// byte is written, and writes are counted into prog.
 type slotTarget struct {
 	f                device
 	off, size        int64
 	beforeFirstWrite func() error
 	started          bool
+	prog             progress.Reporter
 }
 
 func (s *slotTarget) WriteAt(p []byte, off int64) (int, error) {
@@ -301,6 +311,9 @@ func (s *slotTarget) WriteAt(p []byte, off int64) (int, error) {
 	}
 	// Large runs of zeros (ZERO operations) become holes (or, on a block
 	// device, zeroed ranges) instead of writes, where the kernel can.
+	if s.prog != nil {
+		s.prog.Add(int64(len(p)))
+	}
 	if len(p) >= 64<<10 && (s.off+off)%4096 == 0 && len(p)%4096 == 0 && isZero(p) {
 		if unix.Fallocate(int(s.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, s.off+off, int64(len(p))) == nil {
 			return len(p), nil

@@ -13,9 +13,9 @@ import (
 
 func newPayloadApplyCommand(g *globals) *cobra.Command {
 	var disk, key string
-	var allowDowngrade bool
+	var allowDowngrade, quiet bool
 	c := &cobra.Command{
-		Use:   "apply PAYLOAD --disk DISK --key PUBKEY [--allow-downgrade]",
+		Use:   "apply PAYLOAD --disk DISK --key PUBKEY [--allow-downgrade] [-q]",
 		Short: "Install a payload into the passive USR slot, verify it on the device, then make it boot next on trial",
 		Long: "Before changing anything: checks the payload's signatures and data hashes; finds the booted slot (on the\n" +
 			"running system the partition under /usr, else from the slot bits) and refuses while it is on trial;\n" +
@@ -40,6 +40,7 @@ func newPayloadApplyCommand(g *globals) *cobra.Command {
 			d.Close()
 			res, err := update.Install(cmd.Context(), update.InstallOptions{
 				Payload: args[0], Disk: disk, Verifier: v, AllowDowngrade: allowDowngrade, Log: g.logger(),
+				Progress: newProgress(g.env.Stderr, quiet || g.json),
 			})
 			if err != nil {
 				return failed(fmt.Errorf("payload apply: %w", err))
@@ -74,5 +75,6 @@ func newPayloadApplyCommand(g *globals) *cobra.Command {
 	c.Flags().StringVar(&disk, "disk", "", "disk image or block device holding the A/B USR slots")
 	c.Flags().StringVar(&key, "key", "", "public key the payload and the release records must be signed with")
 	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "install a release older than the booted slot's")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	return c
 }

@@ -27,7 +27,7 @@ func newPayloadCommand(g *globals) *cobra.Command {
 
 func newPayloadGenerateCommand(g *globals) *cobra.Command {
 	var to, from, out, key, compression, clientName, tree string
-	var allowDowngrade bool
+	var allowDowngrade, quiet bool
 	clientNames := make([]string, len(payload.Clients))
 	for i, c := range payload.Clients {
 		clientNames[i] = c.String()
@@ -82,7 +82,8 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 			if err := client.CheckConfig(&payload.Config{Compression: comp, VerityTree: vt}); err != nil {
 				return usageError(fmt.Errorf("--verity-tree %s for --client %s: %w", vt, client, err))
 			}
-			o := update.GenerateOptions{Out: out, Signer: signer, Compression: comp, VerityTree: vt, Client: client, AllowDowngrade: allowDowngrade, Log: g.logger()}
+			o := update.GenerateOptions{Out: out, Signer: signer, Compression: comp, VerityTree: vt, Client: client, AllowDowngrade: allowDowngrade, Log: g.logger(),
+				Progress: newProgress(g.env.Stderr, quiet || g.json)}
 			if o.To, err = update.OpenRelease(to); err != nil {
 				return usageError(err)
 			}
@@ -137,6 +138,7 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 	c.Flags().StringVar(&compression, "compression", "", "xz, bz2, zstd, auto (smaller of xz and zstd) or none (default: zstd when the client reads it, else xz)")
 	c.Flags().StringVar(&tree, "verity-tree", payload.VerityTreeInPayload.String(), "payload: the dm-verity tree travels as data; client: the client computes it (hash_tree_* fields, minor version 6, deltas)")
 	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "allow --to to be older than --from")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	return c
 }
 
