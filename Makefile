@@ -95,7 +95,7 @@ clean:
 # kiln beside mksquashfs, mkfs.ext4, veritysetup and sha256sum on the same
 # input, as ratios (see docs/benchmarks.md); then the package benchmarks.
 bench: bin/kiln deps
-	@command -v zstd >/dev/null && command -v xdelta3 >/dev/null && command -v xz >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd xdelta3 xz-utils >/dev/null)
+	@command -v zstd >/dev/null && command -v xdelta3 >/dev/null && command -v xz >/dev/null && PATH="$$PATH:/usr/sbin" command -v debootstrap >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd xdelta3 xz-utils debootstrap >/dev/null)
 	test/bench.sh
 	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -run XXX -bench Compare1GiB -benchtime 1x ./build/verity/
