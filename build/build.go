@@ -162,6 +162,9 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := b.addBoot(trees); err != nil {
+		return nil, err
+	}
 	diskPath := filepath.Join(out.stage, DiskFile)
 	if err := layout.CreateDisk(diskPath, table); err != nil {
 		if errors.Is(err, layout.ErrTooLarge) {

@@ -34,6 +34,27 @@ type Recipe struct {
 	Size   int64
 	// Partitions are the partitions the recipe fills, in layout order.
 	Partitions []*PartitionSpec
+	// Boot, when set, makes the image bootable (see BootSpec).
+	Boot *BootSpec
+}
+
+// BootSpec says where what boots comes from. The build makes an initrd
+// (kiln itself as /init, the kernel modules Load names with their
+// dependencies, the release key) and puts the kernel, that initrd and
+// Cmdline into the USR slot (/usr/lib/kiln/boot: they belong to the slot,
+// and an update changes them), and a unified kernel image of the same
+// three, the chooser, on the ESP as \EFI\BOOT\BOOTX64.EFI. Paths are
+// relative to the recipe.
+type BootSpec struct {
+	Kernel  string   // the kernel, a bzImage (Debian: /boot/vmlinuz-VERSION)
+	Modules string   // the kernel's /lib/modules/VERSION
+	Load    []string // modules the initrd loads (virtio_blk, dm_verity, ...)
+	Stub    string   // the UEFI stub (systemd-boot-efi: linuxx64.efi.stub)
+	Cmdline string   // the kernel command line
+	// Init is the kiln binary the initrd runs as /init (default: the one
+	// running the build).
+	Init string
+	line int
 }
 
 // PartitionSpec is what goes into one partition.
@@ -105,6 +126,16 @@ type yamlRecipe struct {
 	Layout     string                    `yaml:"layout"`
 	Size       string                    `yaml:"size"`
 	Partitions map[string]*yamlPartition `yaml:"partitions"`
+	Boot       *yamlBoot                 `yaml:"boot"`
+}
+
+type yamlBoot struct {
+	Kernel  string   `yaml:"kernel"`
+	Modules string   `yaml:"modules"`
+	Load    []string `yaml:"load"`
+	Stub    string   `yaml:"stub"`
+	Cmdline string   `yaml:"cmdline"`
+	Init    string   `yaml:"init"`
 }
 
 type yamlPartition struct {
@@ -281,6 +312,30 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 			p.Files = append(p.Files, f)
 		}
 		r.Partitions = append(r.Partitions, p)
+	}
+	if yb := y.Boot; yb != nil {
+		b := &BootSpec{Kernel: yb.Kernel, Modules: yb.Modules, Load: yb.Load, Stub: yb.Stub, Cmdline: yb.Cmdline, Init: yb.Init, line: lines["boot"]}
+		for _, f := range []struct{ key, val string }{{"kernel", b.Kernel}, {"modules", b.Modules}, {"stub", b.Stub}} {
+			if f.val == "" {
+				return nil, fail(lines["boot"], "boot."+f.key, errors.New("missing"))
+			}
+		}
+		if usrSpec(r) == nil {
+			return nil, fail(lines["boot"], "boot", errors.New("a bootable image needs a verity-protected USR partition"))
+		}
+		if r.Layout.Partition("EFI-SYSTEM") == nil {
+			return nil, fail(lines["boot"], "boot", fmt.Errorf("layout %s has no EFI-SYSTEM partition", r.Layout.Name))
+		}
+		r.Boot = b
+		// The ESP gets the chooser even when the recipe puts nothing else
+		// there.
+		has := false
+		for _, p := range r.Partitions {
+			has = has || p.Label == "EFI-SYSTEM"
+		}
+		if !has {
+			r.Partitions = append(r.Partitions, &PartitionSpec{Label: "EFI-SYSTEM", Filesystem: "vfat", line: b.line})
+		}
 	}
 	// Layout order, so the build and the manifest are deterministic.
 	order := map[string]int{}

@@ -1,6 +1,8 @@
 // Command kiln builds read-only, signed OS disk images in the CoreOS /
 // Flatcar style, makes update payloads between releases and verifies
 // images and A/B slots offline. It needs no root, loop devices or mounts.
+// Run as PID 1 it is the boot path of the images it builds (see
+// build/boot).
 package main
 
 import (
@@ -11,6 +13,9 @@ import (
 )
 
 func main() {
+	if os.Getpid() == 1 {
+		bootInit() // never returns
+	}
 	// SIGINT or SIGTERM cancels the command's context: it stops within
 	// about a second, removes what it had not finished, and exits 130 or
 	// 143. A second signal exits at once.
