@@ -15,8 +15,8 @@ import (
 	"sync"
 
 	"github.com/kiln-os/kiln/build/blockmap"
-	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/build/payload/bsdiff"
+	"github.com/kiln-os/kiln/internal/progress"
 )
 
 // Image is a partition image and, optionally, the block map of the
