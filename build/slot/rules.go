@@ -124,6 +124,10 @@ type Roles struct {
 	// Fallback: the successful slot that boots when the booted (or
 	// next) slot is abandoned.
 	Fallback bool `json:"fallback"`
+	// TrialFailed: on a running system, a slot on trial whose tries are
+	// used up while another slot runs: its boot failed and the firmware
+	// path fell back.
+	TrialFailed bool `json:"trial_failed"`
 }
 
 // RolesOf returns the roles of every USR slot, in table order, given the

@@ -74,6 +74,7 @@ func ReadStatus(r io.ReaderAt, t *layout.Table, b Booted, v sign.Verifier) *Stat
 	roles := RolesOf(t, b.Entry)
 	for i, e := range t.Slots() {
 		in := Info{Label: e.Label, Number: e.Number, GUID: e.GUID, State: e.Slot(), Roles: roles[i]}
+		in.TrialFailed = b.Running && e != b.Entry && OnTrial(e.Slot()) && e.Slot().Tries == 0
 		rec, err := Read(io.NewSectionReader(r, e.Offset(), e.Size()), e.Size())
 		switch {
 		case errors.Is(err, ErrNoVerity) || errors.Is(err, ErrNoRecord):

@@ -105,11 +105,11 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 		return nil, err
 	}
 	defer pf.Close()
-	st, err := pf.Stat()
+	size, err := pf.Seek(0, io.SeekEnd) // a file or a block device
 	if err != nil {
 		return nil, err
 	}
-	p, err := payload.Open(pf, st.Size())
+	p, err := payload.Open(pf, size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Payload, err)
 	}

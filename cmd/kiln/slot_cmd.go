@@ -49,7 +49,7 @@ func printSlotStatus(g *globals, s *slot.Status) {
 		for _, r := range []struct {
 			on   bool
 			name string
-		}{{sl.Booted, "booted"}, {sl.Next, "next"}, {sl.OnTrial, "on trial"}, {sl.Fallback, "fallback"}} {
+		}{{sl.Booted, "booted"}, {sl.Next, "next"}, {sl.OnTrial, "on trial"}, {sl.TrialFailed, "trial failed"}, {sl.Fallback, "fallback"}} {
 			if r.on {
 				roles = append(roles, r.name)
 			}

@@ -31,7 +31,7 @@ fi
 rm -rf "$dir/usr"
 mkdir -p "$dir/usr/bin" "$dir/usr/sbin" "$dir/usr/lib/bootable"
 cp "$dir/root/bin/busybox" "$dir/usr/bin/busybox"
-for a in sh cat echo mount umount mkdir ls sleep sync poweroff reboot uname head grep; do
+for a in sh cat echo mount umount mkdir ls sleep sync poweroff reboot uname head grep awk cut tr; do
 	ln -sf busybox "$dir/usr/bin/$a"
 done
 cp "$kiln" "$dir/usr/bin/kiln"
