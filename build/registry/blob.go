@@ -1,0 +1,154 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// layer is one blob a push publishes.
+type layer struct {
+	name        string // the file it comes from, and its title
+	mediaType   string // the full media type (with any +zstd)
+	compressed  bool   // the blob is a compressed form of the file
+	annotations map[string]string
+	// write writes the blob's bytes to w — the same bytes every call —
+	// and returns the digest and size of the uncompressed content.
+	write func(ctx context.Context, w io.Writer) (digest.Digest, int64, error)
+
+	desc ocispec.Descriptor // set by describe
+	diff digest.Digest      // the uncompressed content's digest, set by describe
+}
+
+// fileLayer is the file at path as a layer named name, compressed with
+// zstd when compress is set. Its holes are never read.
+func fileLayer(name, path, mediaType string, compress bool) *layer {
+	l := &layer{name: name, mediaType: mediaType, compressed: compress}
+	if compress {
+		l.mediaType += ZstdSuffix
+	}
+	l.write = func(ctx context.Context, w io.Writer) (digest.Digest, int64, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return "", 0, err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return "", 0, err
+		}
+		d := digest.SHA256.Digester()
+		src := io.TeeReader(&ctxReader{ctx, &sparseReader{f: f, size: st.Size()}}, d.Hash())
+		buf := make([]byte, 1<<20)
+		if !compress {
+			n, err := io.CopyBuffer(w, src, buf)
+			return d.Digest(), n, err
+		}
+		enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault))
+		if err != nil {
+			return "", 0, err
+		}
+		n, err := io.CopyBuffer(struct{ io.Writer }{enc}, src, buf)
+		if cerr := enc.Close(); err == nil {
+			err = cerr
+		}
+		return d.Digest(), n, err
+	}
+	return l
+}
+
+// describe runs the layer's bytes through a digester: its descriptor.
+func (l *layer) describe(ctx context.Context) error {
+	d := digest.SHA256.Digester()
+	cw := &countWriter{w: d.Hash()}
+	diff, size, err := l.write(ctx, cw)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", l.name, err)
+	}
+	l.diff = diff
+	l.desc = ocispec.Descriptor{
+		MediaType:   l.mediaType,
+		Digest:      d.Digest(),
+		Size:        cw.n,
+		Annotations: map[string]string{ocispec.AnnotationTitle: l.name},
+	}
+	if l.compressed {
+		l.desc.Annotations[AnnotationUncompressedDigest] = diff.String()
+		l.desc.Annotations[AnnotationUncompressedSize] = strconv.FormatInt(size, 10)
+	}
+	for k, v := range l.annotations {
+		l.desc.Annotations[k] = v
+	}
+	return nil
+}
+
+// open streams the layer's bytes again, for an upload. The reader fails
+// if they differ from what describe saw (the file changed meanwhile).
+func (l *layer) open(ctx context.Context) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		_, _, err := l.write(ctx, pw)
+		pw.CloseWithError(err)
+	}()
+	return &checkedReader{r: pr, d: digest.SHA256.Digester(), want: l.desc, name: l.name}
+}
+
+// checkedReader reads a blob being uploaded and fails at its end if its
+// digest or size is not the descriptor's.
+type checkedReader struct {
+	r    *io.PipeReader
+	d    digest.Digester
+	n    int64
+	want ocispec.Descriptor
+	name string
+}
+
+func (c *checkedReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.d.Hash().Write(p[:n])
+	c.n += int64(n)
+	if err == io.EOF && (c.n != c.want.Size || c.d.Digest() != c.want.Digest) {
+		return n, fmt.Errorf("%s changed while it was pushed (%d bytes %s, then %d bytes %s)", c.name, c.want.Size, c.want.Digest, c.n, c.d.Digest())
+	}
+	return n, err
+}
+
+func (c *checkedReader) Close() error { return c.r.Close() }
+
+// bytesLayer is a small blob held in memory.
+func bytesLayer(name, mediaType string, data []byte) *layer {
+	return &layer{name: name, mediaType: mediaType, write: func(_ context.Context, w io.Writer) (digest.Digest, int64, error) {
+		n, err := w.Write(data)
+		return digest.FromBytes(data), int64(n), err
+	}}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ctxReader stops reading once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, context.Cause(c.ctx)
+	}
+	return c.r.Read(p)
+}
