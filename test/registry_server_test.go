@@ -247,13 +247,10 @@ func (r *testRegistry) startProxy(t *testing.T, useTLS bool) *proxy {
 		p.mu.Lock()
 		p.requests = append(p.requests, rec)
 		drop := req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/sha256:") && p.dropAfter > 0 && p.drops != 0
-		if drop && p.drops > 0 {
-			p.drops--
-		}
 		limit := p.dropAfter
 		p.mu.Unlock()
 		if drop {
-			w = &droppingWriter{ResponseWriter: w, left: limit}
+			w = &droppingWriter{ResponseWriter: w, left: limit, p: p}
 		}
 		rp.ServeHTTP(w, req)
 	}))
@@ -291,24 +288,38 @@ func (p *proxy) count(match func(string) bool) int {
 // blobUpload matches the requests of a blob upload (start, chunk, end).
 func blobUpload(r string) bool { return strings.Contains(r, "/blobs/uploads/") }
 
-// droppingWriter passes left bytes of a response, then fails, which makes
-// the reverse proxy abort the connection mid-body.
+// droppingWriter passes left bytes of a response, then fails (while the
+// proxy has drops left), which makes the reverse proxy abort the
+// connection mid-body.
 type droppingWriter struct {
 	http.ResponseWriter
-	left int64
+	left    int64
+	p       *proxy
+	dropped bool
 }
 
-func (d *droppingWriter) Write(p []byte) (int, error) {
-	if d.left <= 0 {
-		return 0, fmt.Errorf("test proxy: dropping the connection")
+func (d *droppingWriter) Write(b []byte) (int, error) {
+	if d.left < int64(len(b)) && !d.dropped {
+		d.p.mu.Lock()
+		if d.p.drops != 0 {
+			d.dropped = true
+			if d.p.drops > 0 {
+				d.p.drops--
+			}
+		}
+		d.p.mu.Unlock()
 	}
-	n := int(min(int64(len(p)), d.left))
-	n, err := d.ResponseWriter.Write(p[:n])
+	if !d.dropped {
+		d.left -= int64(len(b))
+		return d.ResponseWriter.Write(b)
+	}
+	n := int(max(0, min(int64(len(b)), d.left)))
+	n, err := d.ResponseWriter.Write(b[:n])
 	d.left -= int64(n)
 	if f, ok := d.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
-	if err == nil && n < len(p) {
+	if err == nil {
 		err = fmt.Errorf("test proxy: dropping the connection")
 	}
 	return n, err

@@ -197,7 +197,7 @@ func (c *client) fetchManifest(ctx context.Context, reference string) (ocispec.D
 	desc, rc, err := c.repo.FetchReference(ctx, reference)
 	if err != nil {
 		if notExist(err) {
-			return desc, nil, fmt.Errorf("not found: %w", c.explain(err))
+			return desc, nil, errors.New("not found on the registry")
 		}
 		return desc, nil, c.explain(err)
 	}
@@ -265,7 +265,7 @@ func (p *puller) fetchBlob(ctx context.Context, l ocispec.Descriptor, path strin
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if attempt > p.o.Retries {
-				return fmt.Errorf("gave up after %d of %d bytes and %d attempts: %w", w.off, l.Size, attempt, lastErr)
+				return fmt.Errorf("gave up after the download failed %d times (%d of %d bytes fetched): %w", attempt, w.off, l.Size, lastErr)
 			}
 			p.c.remote.log().Warn("resuming", "blob", l.Annotations[ocispec.AnnotationTitle], "at", w.off, "of", l.Size, "error", lastErr)
 			select {

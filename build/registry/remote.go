@@ -180,13 +180,19 @@ func (c *client) explain(err error) error {
 	case errors.As(err, &unknownCA), errors.As(err, &hostErr):
 		return fmt.Errorf("%s: TLS certificate not trusted (--ca-file names a CA to trust): %w", host, err)
 	case errors.As(err, &er) && (er.StatusCode == http.StatusUnauthorized || er.StatusCode == http.StatusForbidden):
-		where := "no credentials file found"
-		if len(c.authFiles) > 0 {
-			where = "credentials from " + strings.Join(c.authFiles, ", ")
-		}
-		return classify(ErrAuth, fmt.Errorf("%s refused access to %s (%s; %s): %w", host, c.ref.Repository, http.StatusText(er.StatusCode), where, err))
+		return classify(ErrAuth, fmt.Errorf("%s refused access to %s (%s; %s): %w", host, c.ref.Repository, http.StatusText(er.StatusCode), c.credentialSource(), err))
+	case errors.Is(err, auth.ErrBasicCredentialNotFound):
+		return classify(ErrAuth, fmt.Errorf("%s refused access to %s: it asks for a password, and there is none for %s (%s)", host, c.ref.Repository, host, c.credentialSource()))
 	}
 	return err
+}
+
+// credentialSource says where credentials were looked for.
+func (c *client) credentialSource() string {
+	if len(c.authFiles) == 0 {
+		return "no credentials file found"
+	}
+	return "credentials from " + strings.Join(c.authFiles, ", ")
 }
 
 // notExist says whether err means the manifest or blob does not exist.
