@@ -35,6 +35,14 @@ func (r *sparseReader) Read(p []byte) (int, error) {
 		if err != nil && err != errStop {
 			return 0, err
 		}
+		if r.hole && r.extEnd == r.size {
+			// A hole to the end, or the end of a file that shrank.
+			if st, err := r.f.Stat(); err != nil {
+				return 0, err
+			} else if st.Size() < r.size {
+				return 0, io.ErrUnexpectedEOF
+			}
+		}
 	}
 	n := int(min(int64(len(p)), r.extEnd-r.off))
 	if r.hole {
