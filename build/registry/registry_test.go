@@ -172,7 +172,7 @@ func TestLayerNamesRefuseUnsafeNames(t *testing.T) {
 		"slash":          {layer("a/manifest.json", MediaTypeManifest)},
 		"absolute":       {layer("/etc/passwd", MediaTypeManifest)},
 		"empty":          {layer("", MediaTypeManifest)},
-		"stage":          {layer(stagePrefix + "x", MediaTypeManifest)},
+		"stage":          {layer(stagePrefix+"x", MediaTypeManifest)},
 		"signature":      {layer(SignatureFile, MediaTypeManifest)},
 		"duplicate":      {ok, ok},
 		"unknown type":   {layer("x", "application/octet-stream")},
