@@ -149,8 +149,7 @@ func writeVHDDynamic(ctx context.Context, dst io.WriterAt, src *Source, o Option
 		bat[i] = vhdUnused
 	}
 	batBytes := roundUp(entries*4, 512)
-	first := roundUp(vhdBATOffset+batBytes+vhdBitmapSize, 4096) - vhdBitmapSize
-	out := newAppender(dst, first)
+	out := newAppender(dst, vhdBATOffset+batBytes)
 	bitmap := make([]byte, vhdBitmapSize)
 	for i := range bitmap {
 		bitmap[i] = 0xff
@@ -159,6 +158,10 @@ func writeVHDDynamic(ctx context.Context, dst io.WriterAt, src *Source, o Option
 	id, err := p.run(ctx, func(b *block) error {
 		if b.allZero() {
 			return nil
+		}
+		// The block's data 4 KiB-aligned in the file.
+		if err := out.zeros((4096 - (out.pos()+vhdBitmapSize)%4096) % 4096); err != nil {
+			return err
 		}
 		bat[b.off/vhdBlockSize] = uint32(out.pos() / 512)
 		if _, err := out.Write(bitmap); err != nil {

@@ -1,0 +1,271 @@
+package diskimage
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+)
+
+// Image is an image file read as the disk it holds: ReadAt reads the
+// virtual disk, from any number of goroutines at once. Every table the
+// file holds is checked against the file's bounds before it is used.
+type Image struct {
+	Format Format
+	// VirtualSize is the size of the disk the image holds.
+	VirtualSize int64
+	d           virtualDisk
+}
+
+// virtualDisk reads bytes of the disk inside [0, VirtualSize).
+type virtualDisk interface {
+	readAt(p []byte, off int64) error
+}
+
+// Open reads the structure of the image file r (size bytes) in the
+// format Detect finds (a raw image reads as itself). Errors wrap
+// ErrFormat for a malformed image and ErrUnsupported for a feature kiln
+// does not read.
+func Open(r io.ReaderAt, size int64) (*Image, error) {
+	f, err := Detect(r, size)
+	if err != nil {
+		return nil, err
+	}
+	im := &Image{Format: f}
+	switch f {
+	case Raw:
+		im.VirtualSize, im.d = size, rawDisk{r}
+	case QCOW2, QCOW2Zstd:
+		im.VirtualSize, im.d, err = openQCOW2(r, size, f)
+	case VMDK, VMDKSparse:
+		im.VirtualSize, im.d, err = openVMDK(r, size, f)
+	case VHD, VHDDynamic:
+		im.VirtualSize, im.d, err = openVHD(r, size, f)
+	case VHDX:
+		im.VirtualSize, im.d, err = openVHDX(r, size)
+	case RawZstd:
+		im.VirtualSize, im.d, err = openZstd(r, size)
+	case RawXZ:
+		im.VirtualSize, im.d, err = openXZ(r, size)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return im, nil
+}
+
+// ReadAt reads the virtual disk.
+func (im *Image) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("diskimage: negative offset %d", off)
+	}
+	if off >= im.VirtualSize {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), im.VirtualSize-off))
+	if err := im.d.readAt(p[:n], off); err != nil {
+		return 0, err
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+type rawDisk struct{ r io.ReaderAt }
+
+func (d rawDisk) readAt(p []byte, off int64) error {
+	_, err := d.r.ReadAt(p, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return err
+}
+
+// blockDisk is a disk stored in blocks of one size, each read on its
+// own: qcow2 clusters, VMDK grains, VHD and VHDX blocks.
+type blockDisk struct {
+	bs int64
+	// read fills p with the bytes at off inside block i (p does not
+	// cross the block's end).
+	read func(i, off int64, p []byte) error
+}
+
+func (d *blockDisk) readAt(p []byte, off int64) error {
+	for len(p) > 0 {
+		i, in := off/d.bs, off%d.bs
+		n := min(int64(len(p)), d.bs-in)
+		if err := d.read(i, in, p[:n]); err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
+	}
+	return nil
+}
+
+// readFull reads exactly len(p) bytes of the file at off, which must lie
+// inside it.
+func readFull(r io.ReaderAt, size int64, f Format, p []byte, off int64, what string) error {
+	if off < 0 || off > size || int64(len(p)) > size-off {
+		return formatErr(f, off, "%s of %d bytes lies outside the %d-byte file", what, len(p), size)
+	}
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("diskimage: %s: reading %s at %d: %w", f, what, off, err)
+}
+
+// tableCache keeps the tables (L2, grain tables, ...) read so far, by
+// file offset; a few MiB per TiB of disk.
+type tableCache struct {
+	mu sync.Mutex
+	m  map[int64][]uint64
+}
+
+func (c *tableCache) get(off int64, load func() ([]uint64, error)) ([]uint64, error) {
+	c.mu.Lock()
+	t, ok := c.m[off]
+	c.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	t, err := load()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[int64][]uint64{}
+	}
+	c.m[off] = t
+	c.mu.Unlock()
+	return t, nil
+}
+
+// chunk is one independently compressed piece of a compressed raw image.
+type chunk struct {
+	cOff, cLen int64 // in the file
+	uOff, uLen int64 // in the disk
+}
+
+// chunkedDisk is a disk compressed in independent chunks (zstd frames,
+// xz blocks), decoded on demand and kept in a small cache. Chunks whose
+// bytes are those of a chunk already found to be all zeros are not
+// decoded again: the same bytes decode to the same content.
+type chunkedDisk struct {
+	r      io.ReaderAt
+	size   int64
+	format Format
+	chunks []chunk
+	decode func(c chunk, comp, dst []byte) error
+
+	mu    sync.Mutex
+	cache map[int]*decoded
+	order []int
+	zeros map[string]bool // compressed bytes of all-zero chunks
+}
+
+type decoded struct {
+	once sync.Once
+	data []byte // nil: zeros
+	err  error
+}
+
+// maxZeroKey bounds the compressed chunks remembered as zeros.
+const maxZeroKey = 64 << 10
+
+func (d *chunkedDisk) get(i int) ([]byte, error) {
+	d.mu.Lock()
+	e := d.cache[i]
+	if e == nil {
+		if d.cache == nil {
+			d.cache, d.zeros = map[int]*decoded{}, map[string]bool{}
+		}
+		e = &decoded{}
+		d.cache[i] = e
+		d.order = append(d.order, i)
+		if len(d.order) > 2*runtime.GOMAXPROCS(0)+4 {
+			delete(d.cache, d.order[0])
+			d.order = d.order[1:]
+		}
+	}
+	d.mu.Unlock()
+	e.once.Do(func() {
+		c := d.chunks[i]
+		comp := make([]byte, c.cLen)
+		if e.err = readFull(d.r, d.size, d.format, comp, c.cOff, "a compressed chunk"); e.err != nil {
+			return
+		}
+		d.mu.Lock()
+		zero := d.zeros[string(comp)]
+		d.mu.Unlock()
+		if zero {
+			return
+		}
+		data := make([]byte, c.uLen)
+		if e.err = d.decode(c, comp, data); e.err != nil {
+			return
+		}
+		if allZeros(data) {
+			if len(comp) <= maxZeroKey {
+				d.mu.Lock()
+				if len(d.zeros) < 16 {
+					d.zeros[string(comp)] = true
+				}
+				d.mu.Unlock()
+			}
+			return
+		}
+		e.data = data
+	})
+	return e.data, e.err
+}
+
+func (d *chunkedDisk) readAt(p []byte, off int64) error {
+	// The first chunk that ends after off.
+	lo, hi := 0, len(d.chunks)
+	for lo < hi {
+		m := (lo + hi) / 2
+		if d.chunks[m].uOff+d.chunks[m].uLen <= off {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	for i := lo; len(p) > 0; i++ {
+		if i >= len(d.chunks) {
+			return fmt.Errorf("diskimage: %s: no chunk holds byte %d of the disk", d.format, off)
+		}
+		c := d.chunks[i]
+		data, err := d.get(i)
+		if err != nil {
+			return err
+		}
+		in := off - c.uOff
+		n := min(int64(len(p)), c.uLen-in)
+		if data == nil {
+			clear(p[:n])
+		} else {
+			copy(p[:n], data[in:in+n])
+		}
+		p, off = p[n:], off+n
+	}
+	return nil
+}
+
+func allZeros(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), unitSize)
+		if !bytes.Equal(b[:n], zeroUnit[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
