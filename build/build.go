@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/kiln-os/kiln/build/blockmap"
+	"github.com/kiln-os/kiln/build/diskimage"
 	"github.com/kiln-os/kiln/build/fs/ext4"
 	"github.com/kiln-os/kiln/build/fs/fat"
 	"github.com/kiln-os/kiln/build/fs/squashfs"
@@ -54,6 +56,10 @@ type Options struct {
 	// manifest (manifest.json.sig) before the outputs are moved into
 	// place. Unsigned builds cannot be installed by payload apply.
 	Signer sign.Signer
+	// Formats are the formats the disk image is converted to, each into
+	// its diskimage file name beside disk.img (disk.qcow2, disk.vhd, ...)
+	// and listed in the manifest. Raw is disk.img itself, always written.
+	Formats []diskimage.Format
 }
 
 // Result describes a finished build.
@@ -135,8 +141,8 @@ func (b *builder) end() {
 }
 
 // run is the build, stage by stage: sources → trees, the disk, the
-// filesystems and verity, the digests, the manifest; then the outputs
-// replace OutDir's. Every stage reads and writes through ctx, so an
+// filesystems and verity, the digests, the converted images, the
+// manifest; then the outputs replace OutDir's. Every stage reads and writes through ctx, so an
 // interrupt stops the build within one block of I/O.
 func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	table, err := b.r.Layout.Plan(b.r.Size, b.r.Seed)
@@ -190,10 +196,15 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	if err := b.digest(ctx, disk, table, m); err != nil {
 		return nil, err
 	}
+	converted, err := b.convert(ctx, out.stage, disk, m)
+	if err != nil {
+		return nil, err
+	}
 	names, err := b.writeManifest(ctx, out.stage, disk, m, usr)
 	if err != nil {
 		return nil, err
 	}
+	names = append(names, converted...)
 	b.end()
 	usr.close()
 	disk.Close()
@@ -305,6 +316,43 @@ func (b *builder) digest(ctx context.Context, disk *os.File, table *layout.Table
 		return err
 	}
 	return nil
+}
+
+// convert writes the disk image in each format of Options.Formats (stages
+// "convert FORMAT"), lists each file in m (name, format, sizes, digest)
+// and returns their names.
+func (b *builder) convert(ctx context.Context, stage string, disk *os.File, m *manifest.Manifest) ([]string, error) {
+	var names []string
+	var src *diskimage.Source
+	// In the formats' own order, whatever order they were asked in: the
+	// manifest is the same.
+	formats := slices.Clone(b.opts.Formats)
+	slices.Sort(formats)
+	for _, f := range slices.Compact(formats) {
+		if f == diskimage.Raw {
+			continue // disk.img itself
+		}
+		if src == nil {
+			var err error
+			if src, err = diskimage.NewSource(disk, m.DiskSize); err != nil {
+				return nil, err
+			}
+		}
+		c := b.start("convert "+f.String(), m.DiskSize)
+		name := f.FileName()
+		res, err := diskimage.WriteFile(ctx, filepath.Join(stage, name), src, f,
+			diskimage.Options{Workers: b.opts.Workers, Time: b.opts.SourceDateEpoch, Name: name, Progress: c.add})
+		if err != nil {
+			return nil, fmt.Errorf("converting the disk image: %w", err)
+		}
+		m.Outputs = append(m.Outputs, manifest.Output{Name: name, Format: f.String(), Size: res.Size, VirtualSize: res.VirtualSize, Digest: res.Digest})
+		names = append(names, name)
+		b.log.Info("converted", "format", f, "file", name, "bytes", res.Size, "digest", res.Digest)
+	}
+	if len(m.Outputs) > 0 {
+		m.Format = manifest.OutputsFormatVersion
+	}
+	return names, nil
 }
 
 // writeManifest writes the manifest, the USR block map and the signature

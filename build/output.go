@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-os/kiln/build/diskimage"
 )
 
 // ErrOutput is returned when the output directory cannot take a build.
@@ -29,8 +31,18 @@ func (e *ForeignFilesError) Error() string {
 // Unwrap makes errors.Is(err, ErrOutput) match.
 func (e *ForeignFilesError) Unwrap() error { return ErrOutput }
 
-// outputNames are every file a build may leave in its output directory.
-var outputNames = []string{DiskFile, UsrFile, ManifestFile, ManifestFile + ".sig", BlockMapFile}
+// outputNames are every file a build may leave in its output directory:
+// the disk image, the USR image, the manifest, its signature, the block
+// map, and the disk image converted to each format (--format).
+var outputNames = func() []string {
+	names := []string{DiskFile, UsrFile, ManifestFile, ManifestFile + ".sig", BlockMapFile}
+	for _, f := range diskimage.Formats() {
+		if n := f.FileName(); !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
+}()
 
 // stagePrefix starts the name of a build's staging directory inside the
 // output directory.

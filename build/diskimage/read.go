@@ -74,6 +74,27 @@ func (im *Image) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// ReaderAt returns the disk as an io.ReaderAt. When the disk is the
+// file's own bytes (raw, a fixed VHD) and the file has a descriptor (an
+// Fd method, as *os.File has), so has the reader: readers of sparse files
+// (internal/hashing, dm-verity's) then find the disk's holes with
+// SEEK_DATA instead of reading them.
+func (im *Image) ReaderAt() io.ReaderAt {
+	if d, ok := im.d.(rawDisk); ok {
+		if f, ok := d.r.(interface{ Fd() uintptr }); ok {
+			return fdImage{im, f}
+		}
+	}
+	return im
+}
+
+type fdImage struct {
+	*Image
+	f interface{ Fd() uintptr }
+}
+
+func (i fdImage) Fd() uintptr { return i.f.Fd() }
+
 type rawDisk struct{ r io.ReaderAt }
 
 func (d rawDisk) readAt(p []byte, off int64) error {

@@ -5,18 +5,27 @@ package manifest
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 
+	"github.com/kiln-os/kiln/build/diskimage"
 	"github.com/kiln-os/kiln/internal/hashing"
 	"github.com/kiln-os/kiln/layout"
 )
 
-// FormatVersion is the manifest format written by this kiln. Format 2
-// added the hashes of the bytes outside the partitions (Outside).
+// FormatVersion is the manifest format written by this kiln for a build
+// without converted images. Format 2 added the hashes of the bytes outside
+// the partitions (Outside).
 const FormatVersion = 2
+
+// OutputsFormatVersion is the format of a manifest that lists converted
+// images (Outputs): format 3. A kiln that reads only format 2 refuses it
+// by its number, not by an unknown field.
+const OutputsFormatVersion = 3
 
 // Manifest describes one image build.
 type Manifest struct {
@@ -37,6 +46,25 @@ type Manifest struct {
 	Outside    Outside     `json:"outside"`
 	Partitions []Partition `json:"partitions"`
 	Sources    []Source    `json:"sources,omitempty"`
+	// Outputs are the images converted from the disk image (kiln build
+	// --format), in the formats' order; only in format 3.
+	Outputs []Output `json:"outputs,omitempty"`
+}
+
+// Output is an image converted from the disk image: a file beside it in
+// the output directory.
+type Output struct {
+	// Name is the file's name in the output directory ("disk.qcow2").
+	Name string `json:"name"`
+	// Format is the diskimage format name ("qcow2", "vhd", "raw.zst").
+	Format string `json:"format"`
+	// Size is the file's size in bytes.
+	Size int64 `json:"size"`
+	// VirtualSize is the size of the disk the file holds: the disk
+	// image's, or more where the format rounds it up (the rest is zeros).
+	VirtualSize int64 `json:"virtual_size"`
+	// Digest is the chunked SHA-256 (hex, DigestAlgorithm) of the file.
+	Digest string `json:"digest"`
 }
 
 // Partition is one GPT entry of the image and what it holds.
@@ -137,6 +165,16 @@ type Source struct {
 	Layers    []string `json:"layers,omitempty"`
 }
 
+// Output returns the output with the given file name, or nil.
+func (m *Manifest) Output(name string) *Output {
+	for i := range m.Outputs {
+		if m.Outputs[i].Name == name {
+			return &m.Outputs[i]
+		}
+	}
+	return nil
+}
+
 // Partition returns the partition with the given label, or nil.
 func (m *Manifest) Partition(label string) *Partition {
 	for i := range m.Partitions {
@@ -179,8 +217,13 @@ func Parse(r io.Reader) (*Manifest, error) {
 	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
-	if m.Format != FormatVersion {
-		return nil, fmt.Errorf("manifest: format %d, this kiln reads %d (rebuild the image with this kiln)", m.Format, FormatVersion)
+	switch {
+	case m.Format != FormatVersion && m.Format != OutputsFormatVersion:
+		return nil, fmt.Errorf("manifest: format %d, this kiln reads %d and %d (rebuild the image with this kiln)", m.Format, FormatVersion, OutputsFormatVersion)
+	case m.Format == FormatVersion && len(m.Outputs) > 0:
+		return nil, fmt.Errorf("manifest: format %d lists no outputs", m.Format)
+	case m.Format == OutputsFormatVersion && len(m.Outputs) == 0:
+		return nil, fmt.Errorf("manifest: format %d without outputs", m.Format)
 	}
 	if m.DiskSize <= 0 {
 		return nil, fmt.Errorf("manifest: disk_size %d", m.DiskSize)
@@ -206,5 +249,33 @@ func Parse(r io.Reader) (*Manifest, error) {
 			}
 		}
 	}
+	names := map[string]bool{}
+	for _, o := range m.Outputs {
+		if err := o.check(m.DiskSize); err != nil {
+			return nil, fmt.Errorf("manifest: output %q: %w", o.Name, err)
+		}
+		if names[o.Name] {
+			return nil, fmt.Errorf("manifest: output %q listed twice", o.Name)
+		}
+		names[o.Name] = true
+	}
 	return &m, nil
+}
+
+// check is what Parse requires of an output: a plain file name, a format
+// kiln writes, sizes that can be, a digest of 64 hex digits.
+func (o *Output) check(diskSize int64) error {
+	if o.Name == "" || o.Name == "." || o.Name == ".." || strings.ContainsAny(o.Name, "/\\\x00") {
+		return fmt.Errorf("not a file name for an output")
+	}
+	if f, err := diskimage.ParseFormat(o.Format); err != nil || f == diskimage.Raw {
+		return fmt.Errorf("format %q is not a converted image's", o.Format)
+	}
+	if o.Size <= 0 || o.VirtualSize < diskSize {
+		return fmt.Errorf("size %d or virtual size %d (the disk is %d bytes)", o.Size, o.VirtualSize, diskSize)
+	}
+	if _, err := hex.DecodeString(o.Digest); err != nil || len(o.Digest) != 64 {
+		return fmt.Errorf("digest %q is not 64 hex digits", o.Digest)
+	}
+	return nil
 }

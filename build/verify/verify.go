@@ -8,6 +8,9 @@
 //     slot's signed release record and dm-verity tree — the read-only
 //     parts — and nothing writable.
 //
+// Image also checks an image converted from a built one (kiln build
+// --format: qcow2, VMDK, VHD, VHDX, raw.zst, raw.xz): its digest as the
+// manifest lists it, and its content, read through its format, as above.
 // Partition checks a lone partition image (usr.img), and Slot whether a
 // slot holds a manifest's USR content. Every check is reported, pass or
 // fail, so a release engineer sees exactly what is wrong.
@@ -20,8 +23,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 
+	"github.com/kiln-os/kiln/build/diskimage"
 	"github.com/kiln-os/kiln/build/manifest"
 	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verity"
@@ -97,13 +103,22 @@ func loadManifest(ctx context.Context, r *Report, o Options) *manifest.Manifest 
 // (with every partition's initial slot attributes), the gaps between and
 // after the partitions, and every partition's SHA-256 and dm-verity tree.
 // A deployed disk fails it as soon as anything writable was written (see
-// Deployed).
+// Deployed). An image converted from the disk image (qcow2, VMDK, VHD,
+// VHDX, raw.zst, raw.xz: whatever diskimage.Detect finds) is verified as
+// such (see converted).
 func Image(ctx context.Context, path string, o Options) (*Report, error) {
 	d, err := layout.OpenDisk(path) // the image first: a missing image is not a missing signature
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
+	f, err := diskimage.Detect(d.File, d.Size)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if f != diskimage.Raw {
+		return converted(ctx, d, f, o)
+	}
 	r := &Report{}
 	m := loadManifest(ctx, r, o)
 	if m == nil {
@@ -113,13 +128,19 @@ func Image(ctx context.Context, path string, o Options) (*Report, error) {
 		r.add("disk size", fmt.Errorf("%s is %d bytes, the manifest's image is %d bytes", path, d.Size, m.DiskSize), "")
 		return r.finish(), nil
 	}
-	t, ok := checkTable(r, d, m)
+	return r.finish(), checkDisk(ctx, r, d.File, path, m, o)
+}
+
+// checkDisk checks the disk d (m.DiskSize bytes) against the manifest:
+// the GPT, the bytes outside the partitions, every partition.
+func checkDisk(ctx context.Context, r *Report, d io.ReaderAt, name string, m *manifest.Manifest, o Options) error {
+	t, ok := checkTable(r, d, m.DiskSize, name, m)
 	if !ok {
-		return r.finish(), nil
+		return nil
 	}
-	got, err := manifest.HashOutside(d.File, t)
+	got, err := manifest.HashOutside(d, t)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, c := range []struct{ name, got, want, what string }{
 		{"mbr", got.MBR, m.Outside.MBR, "sector 0: boot code and protective MBR"},
@@ -133,14 +154,91 @@ func Image(ctx context.Context, path string, o Options) (*Report, error) {
 		}
 		r.add(c.name, err, c.what)
 	}
-	checkPartitions(ctx, r, d.File, m, m.Partitions, func(p *manifest.Partition) int64 { return p.Offset }, o)
-	return r.finish(), nil
+	checkPartitions(ctx, r, d, m, m.Partitions, func(p *manifest.Partition) int64 { return p.Offset }, o)
+	return nil
 }
 
-// checkTable reads the GPT, requires both copies valid and the same, and
-// compares the partitions' geometry with the manifest's.
-func checkTable(r *Report, d *layout.Disk, m *manifest.Manifest) (*layout.Table, bool) {
-	t, err := d.ReadTable()
+// converted verifies an image converted from a built disk image (kiln
+// build --format) against the signed manifest: the manifest lists it (by
+// its file name, in its format); the file has the listed size and digest;
+// and read through its format it holds the disk image byte for byte —
+// the zeros a format pads the disk with, the MBR, both GPTs, the gaps,
+// every partition's digest and dm-verity tree. A changed file fails the
+// digest check; the content checks then say whether the disk it holds
+// changed too.
+func converted(ctx context.Context, d *layout.Disk, f diskimage.Format, o Options) (*Report, error) {
+	r := &Report{}
+	m := loadManifest(ctx, r, o)
+	if m == nil {
+		return r.finish(), nil
+	}
+	name := filepath.Base(d.Path)
+	out := m.Output(name)
+	if out == nil {
+		var names []string
+		for _, o := range m.Outputs {
+			names = append(names, o.Name)
+		}
+		listed := "none"
+		if len(names) > 0 {
+			listed = strings.Join(names, ", ")
+		}
+		r.add("output", fmt.Errorf("%s is a %s image; the manifest lists no output of that name (it lists %s)", d.Path, f, listed), "")
+		return r.finish(), nil
+	}
+	if out.Format != f.String() {
+		r.add("output", fmt.Errorf("%s is a %s image, the manifest lists a %s", d.Path, f, out.Format), "")
+		return r.finish(), nil
+	}
+	r.add("output", nil, fmt.Sprintf("%s: %s, listed in the manifest", name, f))
+	var err error
+	if d.Size != out.Size {
+		err = fmt.Errorf("%s is %d bytes, the manifest says %d", name, d.Size, out.Size)
+	} else if sum, herr := diskimage.Digest(d.File, d.Size, o.Workers); herr != nil {
+		err = fmt.Errorf("reading %s: %w", name, herr)
+	} else if sum != out.Digest {
+		err = fmt.Errorf("%s: digest %s, the manifest says %s", name, sum, out.Digest)
+	}
+	r.add("digest "+name, err, fmt.Sprintf("%s: %d bytes, digest %.16s…", name, out.Size, out.Digest))
+
+	im, err := diskimage.Open(d.File, d.Size)
+	if err == nil && (im.VirtualSize != out.VirtualSize || im.VirtualSize < m.DiskSize) {
+		err = fmt.Errorf("%s holds a disk of %d bytes, the manifest says %d (of a %d-byte image)", name, im.VirtualSize, out.VirtualSize, m.DiskSize)
+	}
+	r.add("format "+name, err, fmt.Sprintf("%s holds a disk of %d bytes", f, out.VirtualSize))
+	if err != nil {
+		return r.finish(), nil
+	}
+	disk := im.ReaderAt()
+	if im.VirtualSize > m.DiskSize {
+		r.add("padding", checkZeros(disk, m.DiskSize, im.VirtualSize), fmt.Sprintf("bytes %d to %d, which %s adds to the disk, are zeros", m.DiskSize, im.VirtualSize, f))
+	}
+	return r.finish(), checkDisk(ctx, r, disk, name, m, o)
+}
+
+// checkZeros reads [off, end) of r and requires zeros.
+func checkZeros(r io.ReaderAt, off, end int64) error {
+	buf := make([]byte, 1<<20)
+	for off < end {
+		n := min(int64(len(buf)), end-off)
+		if _, err := r.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		for i, b := range buf[:n] {
+			if b != 0 {
+				return fmt.Errorf("byte %d is %#x, not zero", off+int64(i), b)
+			}
+		}
+		off += n
+	}
+	return nil
+}
+
+// checkTable reads the GPT of the disk d (size bytes), requires both
+// copies valid and the same, and compares the partitions' geometry with
+// the manifest's.
+func checkTable(r *Report, d io.ReaderAt, size int64, name string, m *manifest.Manifest) (*layout.Table, bool) {
+	t, err := layout.ReadTableAt(d, size, name)
 	if err != nil {
 		r.add("gpt", err, "")
 		return nil, false
@@ -185,7 +283,7 @@ func Deployed(ctx context.Context, path string, o DeployedOptions) (*Report, err
 			return r.finish(), nil
 		}
 		var ok bool
-		if t, ok = checkTable(r, d, m); !ok {
+		if t, ok = checkTable(r, d.File, d.Size, d.Path, m); !ok {
 			return r.finish(), nil
 		}
 	} else {
@@ -300,7 +398,7 @@ func checkGPT(t *layout.Table, m *manifest.Manifest) error {
 
 // checkPartitions hashes every partition (in parallel) and checks every
 // verity tree.
-func checkPartitions(ctx context.Context, r *Report, f *os.File, m *manifest.Manifest, parts []manifest.Partition, offset func(*manifest.Partition) int64, o Options) {
+func checkPartitions(ctx context.Context, r *Report, f io.ReaderAt, m *manifest.Manifest, parts []manifest.Partition, offset func(*manifest.Partition) int64, o Options) {
 	workers := o.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -332,7 +430,7 @@ func checkPartitions(ctx context.Context, r *Report, f *os.File, m *manifest.Man
 
 // checkVerity verifies the whole hash tree of one partition and that the
 // superblock says what the manifest says.
-func checkVerity(f *os.File, off int64, p *manifest.Partition) error {
+func checkVerity(f io.ReaderAt, off int64, p *manifest.Partition) error {
 	v := p.Verity
 	root, err := hex.DecodeString(v.RootHash)
 	if err != nil {
@@ -342,7 +440,7 @@ func checkVerity(f *os.File, off int64, p *manifest.Partition) error {
 		return fmt.Errorf("%s: verity hash offset %d is outside the %d-byte partition", p.Label, v.HashOffset, p.Size)
 	}
 	// The file itself, not a section of it: verity then skips the holes
-	// of a sparse image instead of reading them.
+	// of a sparse image (a file) instead of reading them.
 	sb, err := verity.Verify(f, off, off+v.HashOffset, root)
 	if err != nil {
 		return fmt.Errorf("%s: %w", p.Label, err)

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-os/kiln/build"
+	"github.com/kiln-os/kiln/build/diskimage"
 	"github.com/kiln-os/kiln/layout"
 	"github.com/kiln-os/kiln/sign"
 )
@@ -34,8 +36,9 @@ func newBuildCommand(g *globals) *cobra.Command {
 	var sets []string
 	var quiet bool
 	var key string
+	var formats []string
 	c := &cobra.Command{
-		Use:   "build RECIPE -o OUTDIR [--set key=value]...",
+		Use:   "build RECIPE -o OUTDIR [--set key=value]... [--format F,...]",
 		Short: "Build a disk image, the USR image and the manifest from a recipe",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -46,13 +49,19 @@ func newBuildCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var fmts []diskimage.Format
+			if len(formats) > 0 {
+				if fmts, err = diskimage.ParseFormats(strings.Join(formats, ",")); err != nil {
+					return usageError(fmt.Errorf("build: --format: %w", err))
+				}
+			}
 			r, err := build.LoadRecipe(args[0], sets)
 			if err != nil {
 				return usageError(err)
 			}
 			opts := build.Options{
 				OutDir: out, SourceDateEpoch: epoch, KilnVersion: version,
-				Progress: newProgress(g.env.Stderr, quiet || g.json), Log: g.logger(),
+				Progress: newProgress(g.env.Stderr, quiet || g.json), Log: g.logger(), Formats: fmts,
 			}
 			if key != "" {
 				// Load the key first: a build that cannot be signed fails
@@ -86,12 +95,25 @@ func newBuildCommand(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.16s…\t%s\n", p.Number, p.Label, layout.HumanSize(p.Size), p.Filesystem, p.Digest, root)
 			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(m.Outputs) == 0 {
+				return nil
+			}
+			fmt.Fprintln(w)
+			tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "OUTPUT\tFORMAT\tSIZE\tVIRTUAL SIZE\tDIGEST")
+			for _, o := range m.Outputs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.16s…\n", o.Name, o.Format, layout.HumanSize(o.Size), layout.HumanSize(o.VirtualSize), o.Digest)
+			}
 			return tw.Flush()
 		},
 	}
 	c.Flags().StringVarP(&out, "output", "o", "", "output directory")
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe key (version=1.2.3, partitions.USR-A.source=dir:x)")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
+	c.Flags().StringArrayVar(&formats, "format", nil, "also convert the disk image to these formats, comma-separated, each listed in the manifest: raw (disk.img, always written), qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz (see docs/formats.md)")
 	c.Flags().StringVar(&key, "sign", "", "sign manifest.json and the USR slot's release record with this key (PEM file, env://VAR or KMS URI); payload apply installs only signed releases")
 	return c
 }
