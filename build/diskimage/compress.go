@@ -156,15 +156,23 @@ type xzBlock struct {
 
 // lzma2 compresses data into an LZMA2 stream that starts with a
 // dictionary reset and lacks the end marker, so that such streams can be
-// joined into one.
-func lzma2(data []byte) ([]byte, error) {
+// joined into one. It stops early when ctx is done (ulikunitz/xz takes a
+// second or two over a chunk).
+func lzma2(ctx context.Context, data []byte) ([]byte, error) {
 	var b bytes.Buffer
 	w, err := lzma.Writer2Config{DictCap: xzDict}.NewWriter2(&b)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := w.Write(data); err != nil {
-		return nil, err
+	for len(data) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		n := min(len(data), unitSize)
+		if _, err := w.Write(data[:n]); err != nil {
+			return nil, err
+		}
+		data = data[n:]
 	}
 	if err := w.Close(); err != nil {
 		return nil, err
@@ -182,7 +190,7 @@ var lzma2Zeros [8]func() ([]byte, error)
 
 func init() {
 	for i := range lzma2Zeros {
-		lzma2Zeros[i] = sync.OnceValues(func() ([]byte, error) { return lzma2(make([]byte, unitSize<<i)) })
+		lzma2Zeros[i] = sync.OnceValues(func() ([]byte, error) { return lzma2(context.Background(), make([]byte, unitSize<<i)) })
 	}
 }
 
@@ -207,7 +215,7 @@ func lzma2ZeroRun(b *bytes.Buffer, n int) error {
 // LZMA2 stream of its own (LZMA2 allows a dictionary reset at any chunk);
 // the runs of zeros are streams made once: ulikunitz/xz's encoder takes
 // half a second over 8 MiB of zeros, and a disk's chunks are mostly zeros.
-func compressXZBlock(data []byte) (*xzBlock, error) {
+func compressXZBlock(ctx context.Context, data []byte) (*xzBlock, error) {
 	var lz bytes.Buffer
 	isZero := func(off int) bool {
 		return off+unitSize <= len(data) && bytes.Equal(data[off:off+unitSize], zeroUnit)
@@ -228,7 +236,7 @@ func compressXZBlock(data []byte) (*xzBlock, error) {
 		for end < len(data) && (end == start || !isZero(end)) {
 			end = min(end+unitSize, len(data))
 		}
-		c, err := lzma2(data[start:end])
+		c, err := lzma2(ctx, data[start:end])
 		if err != nil {
 			return nil, err
 		}
@@ -267,7 +275,7 @@ func writeXZ(ctx context.Context, dst io.WriterAt, src *Source, o Options) (int6
 	out.Write(binary.LittleEndian.AppendUint32(nil, crc32.ChecksumIEEE(xzFlags)))
 	var records [][2]int64
 	c := &chunker{size: src.Size(), chunk: xzChunk, compress: func(data []byte) ([]byte, error) {
-		b, err := compressXZBlock(data)
+		b, err := compressXZBlock(ctx, data)
 		if err != nil {
 			return nil, err
 		}

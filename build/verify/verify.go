@@ -128,19 +128,23 @@ func Image(ctx context.Context, path string, o Options) (*Report, error) {
 		r.add("disk size", fmt.Errorf("%s is %d bytes, the manifest's image is %d bytes", path, d.Size, m.DiskSize), "")
 		return r.finish(), nil
 	}
-	return r.finish(), checkDisk(ctx, r, d.File, path, m, o)
+	checkDisk(ctx, r, d.File, path, m, o)
+	return r.finish(), nil
 }
 
 // checkDisk checks the disk d (m.DiskSize bytes) against the manifest:
 // the GPT, the bytes outside the partitions, every partition.
-func checkDisk(ctx context.Context, r *Report, d io.ReaderAt, name string, m *manifest.Manifest, o Options) error {
+func checkDisk(ctx context.Context, r *Report, d io.ReaderAt, name string, m *manifest.Manifest, o Options) {
 	t, ok := checkTable(r, d, m.DiskSize, name, m)
 	if !ok {
-		return nil
+		return
 	}
 	got, err := manifest.HashOutside(d, t)
 	if err != nil {
-		return err
+		// An image that cannot be read (a converted image through its
+		// format, say) fails.
+		r.add("outside", err, "")
+		return
 	}
 	for _, c := range []struct{ name, got, want, what string }{
 		{"mbr", got.MBR, m.Outside.MBR, "sector 0: boot code and protective MBR"},
@@ -155,7 +159,6 @@ func checkDisk(ctx context.Context, r *Report, d io.ReaderAt, name string, m *ma
 		r.add(c.name, err, c.what)
 	}
 	checkPartitions(ctx, r, d, m, m.Partitions, func(p *manifest.Partition) int64 { return p.Offset }, o)
-	return nil
 }
 
 // converted verifies an image converted from a built disk image (kiln
@@ -213,7 +216,8 @@ func converted(ctx context.Context, d *layout.Disk, f diskimage.Format, o Option
 	if im.VirtualSize > m.DiskSize {
 		r.add("padding", checkZeros(disk, m.DiskSize, im.VirtualSize), fmt.Sprintf("bytes %d to %d, which %s adds to the disk, are zeros", m.DiskSize, im.VirtualSize, f))
 	}
-	return r.finish(), checkDisk(ctx, r, disk, name, m, o)
+	checkDisk(ctx, r, disk, name, m, o)
+	return r.finish(), nil
 }
 
 // checkZeros reads [off, end) of r and requires zeros.

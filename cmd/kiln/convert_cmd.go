@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -63,6 +64,9 @@ func newConvertCommand(g *globals) *cobra.Command {
 			if _, err := os.Lstat(out); err == nil && !force {
 				return usageError(fmt.Errorf("convert: %s exists (--force replaces it)", out))
 			}
+			if st, err := os.Stat(filepath.Dir(out)); err != nil || !st.IsDir() {
+				return usageError(fmt.Errorf("convert: -o %s: no directory %s", out, filepath.Dir(out)))
+			}
 			src, err := diskimage.NewSource(d.File, d.Size)
 			if err != nil {
 				return usageError(fmt.Errorf("convert: %s: %w", image, err))
@@ -74,7 +78,7 @@ func newConvertCommand(g *globals) *cobra.Command {
 			p.End()
 			if err != nil {
 				err = fmt.Errorf("convert %s to %s: %w", image, out, err)
-				if errors.Is(err, diskimage.ErrTooLarge) {
+				if errors.Is(err, diskimage.ErrTooLarge) || errors.Is(err, fs.ErrPermission) {
 					return usageError(err)
 				}
 				return failed(err)
