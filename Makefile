@@ -10,7 +10,7 @@ TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          veritysetup:cryptsetup-bin openssl:openssl umoci:umoci tar:tar \
          bsdiff:bsdiff bspatch:bsdiff bzip2:bzip2 protoc:protobuf-compiler \
          xz:xz-utils zstd:zstd setfacl:acl getfacl:acl git:git mount:mount \
-         losetup:mount xxd:xxd /usr/bin/time:time \
+         losetup:mount xxd:xxd /usr/bin/time:time qemu-img:qemu-utils \
          docker-registry:docker-registry htpasswd:apache2-utils
 
 # update_engine's payload checker, paycheck.py, that test/paycheck_test.go
