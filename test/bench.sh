@@ -112,6 +112,51 @@ disk_size=$(stat -c %s "$W/demo/disk.img")
 timeit kiln-verify "$KILN" verify "$W/demo/disk.img" --key "$W/k.pub"
 timeit sha256sum sha256sum "$W/demo/disk.img"
 
+# --- converted images: kiln convert beside qemu-img convert -----------------
+# Each format of the demo disk.img (4.4 GiB, mostly holes), kiln beside
+# qemu-img convert, or zstd -T0 / xz -T0 for the compressed raw formats,
+# which qemu-img does not write; then the compressing formats of the ext4
+# bench build's disk (a real /usr), where compression does the work.
+# timeonce NAME CMD...: one run, no warm-up (xz -6 reads every zero of the
+# disk: minutes), recorded as timeit records.
+timeonce() {
+	local name=$1; shift
+	/usr/bin/time -f "%e %M" -o "$W/t" bash -c '"$@"' bench "$@" >/dev/null 2>&1 || { echo "bench: $name failed: $*" >&2; exit 1; }
+	cut -d' ' -f1 "$W/t" >"$W/$name.s"; cut -d' ' -f2 "$W/t" >"$W/$name.kb"
+}
+FORMATS="qcow2 qcow2-zstd vmdk vmdk-sparse vhd vhd-dynamic vhdx raw.zst raw.xz"
+tool_name() { case $1 in
+	qcow2) echo "qemu-img convert -O qcow2";; qcow2-zstd) echo "qemu-img convert -O qcow2 -c -o compression_type=zstd";;
+	vmdk) echo "qemu-img convert -O vmdk -o subformat=streamOptimized";; vmdk-sparse) echo "qemu-img convert -O vmdk -o subformat=monolithicSparse";;
+	vhd) echo "qemu-img convert -O vpc -o subformat=fixed,force_size";; vhd-dynamic) echo "qemu-img convert -O vpc -o subformat=dynamic";;
+	vhdx) echo "qemu-img convert -O vhdx -o subformat=dynamic";; raw.zst) echo "zstd -T0 -3";; raw.xz) echo "xz -T0 -6";; esac; }
+kiln_convert() { "$KILN" convert -q "$1" --format "$2" -o "$W/conv/kiln.$2" --force >/dev/null; }
+tool_convert() { case $2 in
+	raw.zst) zstd -q -T0 -3 -f "$1" -o "$W/conv/tool.$2";;
+	raw.xz) xz -T0 -6 -c "$1" >"$W/conv/tool.$2";;
+	*) rm -f "$W/conv/tool.$2"; qemu-img convert -f raw $(tool_name "$2" | cut -d' ' -f3-) "$1" "$W/conv/tool.$2";; esac; }
+export -f kiln_convert tool_convert tool_name
+mkdir -p "$W/conv"
+# fsize FILE: its size, and what it occupies when that is much less (a
+# sparse file).
+fsize() { local n a; n=$(stat -c %s "$1"); a=$(( $(stat -c %b "$1") * 512 )); if [ $((a + (1 << 20))) -lt "$n" ]; then echo "$n B ($((a >> 20)) MiB on disk)"; else echo "$n B"; fi; }
+conv_rows=""
+for f in $FORMATS; do
+	timeit "kconv-$f" kiln_convert "$W/demo/disk.img" "$f"
+	if [ "$f" = raw.xz ]; then timeonce "tconv-$f" tool_convert "$W/demo/disk.img" "$f"; else timeit "tconv-$f" tool_convert "$W/demo/disk.img" "$f"; fi
+	conv_rows+="| $f | $(s "kconv-$f") s, $(mb "kconv-$f") MiB, $(fsize "$W/conv/kiln.$f") | $(tool_name "$f"): $(s "tconv-$f") s, $(mb "tconv-$f") MiB, $(fsize "$W/conv/tool.$f") | time $(ratio "$(s "kconv-$f")" "$(s "tconv-$f")"), size $(ratio "$(stat -c %s "$W/conv/kiln.$f")" "$(stat -c %s "$W/conv/tool.$f")") |
+"
+done
+conv_big_rows=""
+big_disk=$W/out-ext4/disk.img
+for f in qcow2-zstd vmdk raw.zst raw.xz; do
+	timeonce "kbig-$f" kiln_convert "$big_disk" "$f"
+	timeonce "tbig-$f" tool_convert "$big_disk" "$f"
+	conv_big_rows+="| $f | $(s "kbig-$f") s, $(mb "kbig-$f") MiB, $(fsize "$W/conv/kiln.$f") | $(tool_name "$f"): $(s "tbig-$f") s, $(mb "tbig-$f") MiB, $(fsize "$W/conv/tool.$f") | time $(ratio "$(s "kbig-$f")" "$(s "tbig-$f")"), size $(ratio "$(stat -c %s "$W/conv/kiln.$f")" "$(stat -c %s "$W/conv/tool.$f")") |
+"
+done
+big_data=$(du -B1 "$big_disk" | cut -f1)
+
 # --- delta payloads: two releases of an OS ---------------------------------
 # Release 1 is the tree; release 2 is the same minbase with packages added
 # (what a real OS update mostly is: new and replaced binaries), made by
@@ -208,4 +253,15 @@ Delta payloads between two releases ($release2; ext4 USR in a 1 GiB slot; kiln's
 | … vs dd + sha256sum of the written partition (the least check an update needs) | | $(s kiln-apply) s vs $(s dd-sum-apply) s: ratio $(ratio "$(s kiln-apply)" "$(s dd-sum-apply)") | |
 
 The fs + verity rows compare kiln's own stage clock (from \`kiln build --json\`) with the pair; the whole-build rows compare the whole kiln process (reading the tree, the filesystem, verity, the slot record, the chunked digests of every partition, the manifest, the output directory) with the pair alone.
+
+Converted images of the $((disk_size >> 20)) MiB demo disk.img ($(( $(du -B1 "$W/demo/disk.img" | cut -f1) >> 20 )) MiB of data): \`kiln convert\` (the chunked SHA-256 of the output included) beside qemu-img convert, or zstd / xz for compressed raw; time, peak RSS, file size (xz -6 once, the others the median of $RUNS):
+
+| format | kiln convert | standard tool | ratio (kiln / tool) |
+|---|---|---|---|
+${conv_rows}
+The compressing formats on the ext4 bench build's disk ($(( $(stat -c %s "$big_disk") >> 20 )) MiB, $((big_data >> 20)) MiB of data: the /usr tree above), one run each:
+
+| format | kiln convert | standard tool | ratio (kiln / tool) |
+|---|---|---|---|
+${conv_big_rows}
 MD

@@ -15,6 +15,10 @@ import (
 	"github.com/ulikunitz/xz/lzma"
 )
 
+// maxChunk bounds the zstd frames and xz blocks Open reads: each is
+// decoded whole into memory.
+const maxChunk = 64 << 20
+
 // zstdFrameHeader parses a zstd frame header from b: its length, the
 // content size (-1 when absent) and whether a checksum ends the frame.
 func zstdFrameHeader(b []byte) (n int, size int64, checksum bool, err error) {
@@ -170,15 +174,15 @@ func openZstd(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 				return 0, nil, formatErr(RawZstd, p.pos, "truncated checksum")
 			}
 		}
-		if usize > 1<<30 {
-			return 0, nil, fmt.Errorf("%w: a zstd frame of %d bytes", ErrUnsupported, usize)
+		if usize > maxChunk {
+			return 0, nil, fmt.Errorf("%w: a zstd frame of %d bytes (kiln reads frames up to %d; it writes 4 MiB ones)", ErrUnsupported, usize, maxChunk)
 		}
 		if usize > 0 {
 			d.chunks = append(d.chunks, chunk{cOff: start, cLen: p.pos - start, uOff: disk, uLen: usize})
 		}
 		disk += usize
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30+1<<20))
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*maxChunk))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -249,8 +253,11 @@ func openXZ(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 			return 0, nil, formatErr(RawXZ, indexOff, "index record")
 		}
 		usize, n2 := binary.Uvarint(b[n1:])
-		if n2 <= 0 || unpadded > uint64(size) || usize > 1<<30 {
+		if n2 <= 0 || unpadded > uint64(size) {
 			return 0, nil, formatErr(RawXZ, indexOff, "index record")
+		}
+		if usize > maxChunk {
+			return 0, nil, fmt.Errorf("%w: an xz block of %d bytes (kiln reads blocks up to %d; it writes 8 MiB ones)", ErrUnsupported, usize, maxChunk)
 		}
 		b = b[n1+n2:]
 		d.chunks = append(d.chunks, chunk{cOff: cOff, cLen: int64(unpadded), uOff: disk, uLen: int64(usize)})

@@ -31,7 +31,7 @@ const (
 	qcowCsizeShift     = 62 - (qcowClusterBits - 8)
 	qcowCsizeMask      = (1 << (qcowClusterBits - 8)) - 1
 	qcowOffsetMask     = (1 << qcowCsizeShift) - 1
-	qcowMaxVirtualSize = 1 << 55
+	qcowMaxVirtualSize = 1 << 51 // an L1 table of 32 MiB, QEMU's largest
 )
 
 // qcowZstdLevel is the zstd level of compressed clusters: zstd's default.

@@ -96,6 +96,9 @@ func openQCOW2(r io.ReaderAt, size int64, f Format) (int64, virtualDisk, error) 
 	if l1Off%q.cs != 0 {
 		return 0, nil, formatErr(f, 40, "L1 table at %d, not a cluster boundary", l1Off)
 	}
+	if l1Off > size || need*8 > size-l1Off {
+		return 0, nil, formatErr(f, 40, "L1 table of %d entries at %d, past the end of the file", need, l1Off)
+	}
 	l1 := make([]byte, need*8) // the entries past the disk's end are never used
 	if err := readFull(r, size, f, l1, l1Off, "the L1 table"); err != nil {
 		return 0, nil, err

@@ -114,11 +114,11 @@ func openVHD(r io.ReaderAt, size int64, f Format) (int64, virtualDisk, error) {
 		return 0, nil, formatErr(f, hoff+28, "%d BAT entries for %d bytes", entries, vsize)
 	}
 	entries = (vsize + v.blockSize - 1) / v.blockSize
-	bat := make([]byte, entries*4)
 	tableOff := be.Uint64(h[16:])
-	if tableOff > uint64(size) {
-		return 0, nil, formatErr(f, hoff+16, "BAT at %d", tableOff)
+	if tableOff > uint64(size) || entries*4 > size-int64(tableOff) {
+		return 0, nil, formatErr(f, hoff+16, "BAT of %d entries at %d, past the end of the file", entries, tableOff)
 	}
+	bat := make([]byte, entries*4)
 	if err := readFull(r, size, f, bat, int64(tableOff), "the BAT"); err != nil {
 		return 0, nil, err
 	}

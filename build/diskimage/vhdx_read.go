@@ -91,6 +91,9 @@ func openVHDX(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 	if batLen == 0 || metaLen < vhdxMetaItems || metaLen > 256<<20 {
 		return 0, nil, formatErr(VHDX, vhdxRegion1, "BAT or metadata region missing")
 	}
+	if metaOff < 0 || metaOff > size || metaLen > size-metaOff {
+		return 0, nil, formatErr(VHDX, vhdxRegion1, "metadata region past the end of the file")
+	}
 	meta := make([]byte, metaLen)
 	if err := readFull(r, size, VHDX, meta, metaOff, "the metadata region"); err != nil {
 		return 0, nil, err

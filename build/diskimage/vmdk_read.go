@@ -76,6 +76,9 @@ func openVMDK(r io.ReaderAt, size int64, f Format) (int64, virtualDisk, error) {
 	if gdOffset > uint64(size)/512 {
 		return 0, nil, formatErr(f, 56, "grain directory at sector %d", gdOffset)
 	}
+	if numGTs*4 > size-int64(gdOffset)*512 {
+		return 0, nil, formatErr(f, 56, "grain directory of %d entries past the end of the file", numGTs)
+	}
 	gd := make([]byte, numGTs*4)
 	if err := readFull(r, size, f, gd, int64(gdOffset)*512, "the grain directory"); err != nil {
 		return 0, nil, err
