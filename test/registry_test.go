@@ -543,3 +543,51 @@ func TestRegistryPushMemoryBounded(t *testing.T) {
 		t.Errorf("uncompressed push peak RSS %d MiB > %d MiB", rss>>20, bound>>20)
 	}
 }
+
+// TestRegistryPullChecksConvertedImages: with --key, a converted image
+// is checked against the signed manifest that lists it (its digest, and
+// the disk it holds read through its format); one changed after signing,
+// or one the manifest does not list, is refused and nothing is left.
+func TestRegistryPullChecksConvertedImages(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	mustRun(t, kiln, "keygen", "-o", key)
+	out := buildSmall(t, dir, key+".key", "--format", "qcow2,raw.zst")
+	reg := startRegistry(t)
+	px := reg.startProxy(t, true)
+	env := reg.env(t, reg.pass, px.host)
+	ca := []string{"--ca-file", reg.ca}
+
+	good := px.host + "/kiln/converted:1.0.0"
+	pushJSON(t, env, append([]string{out, good}, ca...)...)
+	pulled := filepath.Join(dir, "pulled")
+	r := kilnEnv(t, env, append([]string{"pull", good, "-o", pulled, "--key", key + ".pub"}, ca...)...)
+	if r.code != 0 {
+		t.Fatalf("pull: exit %d\n%s", r.code, r.stderr)
+	}
+	sameDir(t, out, pulled)
+
+	// A byte of disk.qcow2's data changed after the build.
+	changed := copyBuild(t, out, filepath.Join(dir, "changed"))
+	q := filepath.Join(changed, "disk.qcow2")
+	st, _ := os.Stat(q)
+	flip(t, q, st.Size()-4096)
+	// A converted image made after the build: not in the signed manifest.
+	unlisted := copyBuild(t, out, filepath.Join(dir, "unlisted"))
+	mustRun(t, kiln, "convert", "-q", filepath.Join(unlisted, "disk.img"), "--format", "vhd")
+	for _, c := range []struct {
+		name, dir string
+		words     []string
+	}{
+		{"changed", changed, []string{"disk.qcow2 does not match the signed manifest.json", "digest disk.qcow2"}},
+		{"unlisted", unlisted, []string{"disk.vhd is not listed in the signed manifest.json", "--format vhd"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ref := px.host + "/kiln/converted-" + c.name + ":1.0.0"
+			pushJSON(t, env, append([]string{c.dir, ref}, ca...)...)
+			fresh := filepath.Join(dir, "pull-"+c.name)
+			expectFailure(t, env, 1, append([]string{ref}, c.words...), append([]string{"pull", ref, "-o", fresh, "--key", key + ".pub"}, ca...)...)
+			absent(t, fresh)
+		})
+	}
+}

@@ -79,6 +79,19 @@ func diskFormat(name string) (DiskFormat, bool) {
 	return DiskFormats[i], true
 }
 
+// isDiskFile reports whether name is the file of one of DiskFormats.
+func isDiskFile(name string) bool { return diskFormatOf(name) != "" }
+
+// diskFormatOf returns the name of the format whose file is name, or "".
+func diskFormatOf(name string) string {
+	for _, f := range DiskFormats {
+		if f.File == name {
+			return f.Name
+		}
+	}
+	return ""
+}
+
 // DiskFormatNames lists the names of DiskFormats.
 func DiskFormatNames() []string {
 	var n []string

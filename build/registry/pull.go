@@ -442,8 +442,9 @@ func (p *puller) unstaged(msg string) string {
 	return strings.ReplaceAll(msg, p.st.path+"/", "")
 }
 
-// verifyBuild checks the staged disk.img and usr.img against the signed
-// manifest.json, byte for byte.
+// verifyBuild checks the staged disk.img, usr.img and converted images
+// against the signed manifest.json, byte for byte; a converted image the
+// manifest does not list is refused.
 func (p *puller) verifyBuild(ctx context.Context) error {
 	opts := verify.Options{Manifest: p.st.file(ManifestFile), Verifier: p.o.Verifier, KeyName: p.o.KeyName}
 	f, err := os.Open(opts.Manifest)
@@ -458,10 +459,16 @@ func (p *puller) verifyBuild(ctx context.Context) error {
 	for _, file := range p.res.Files {
 		var rep *verify.Report
 		var err error
-		switch file.Name {
-		case DiskFormats[0].File:
+		switch {
+		case file.Name == DiskFormats[0].File || m.Output(file.Name) != nil:
+			// disk.img, or a converted image the signed manifest lists
+			// (kiln build --format): its digest, and the disk it holds
+			// read through its format.
 			rep, err = verify.Image(ctx, p.st.file(file.Name), opts)
-		case UsrFile:
+		case isDiskFile(file.Name):
+			return verifyErrorf("%s: %s is not listed in the signed %s, so --key cannot check it (build with --format %s to list and sign it, or pull without --key)",
+				p.name, file.Name, ManifestFile, diskFormatOf(file.Name))
+		case file.Name == UsrFile:
 			usr := verify.UsrPartition(m)
 			if usr == nil {
 				return verifyErrorf("%s: %s has no USR partition for %s", p.name, ManifestFile, UsrFile)
