@@ -64,7 +64,7 @@ boot-demo: bin/kiln
 	cp --sparse=always $(BOOT_OUT)/image/disk.img $(BOOT_OUT)/node.img
 	timeout 300 qemu-system-x86_64 -machine q35 -m 512 -bios /usr/share/ovmf/OVMF.fd -nic none \
 	  -display none -serial stdio -monitor none -drive file=$(BOOT_OUT)/node.img,format=raw,if=virtio
-	bin/kiln slot status $(BOOT_OUT)/node.img
+	bin/kiln slot status $(BOOT_OUT)/node.img --key $(BOOT_OUT)/release.pub
 
 # Installs the Debian tools the tests use when one is missing, then runs
 # every test (the end-to-end ones in test/ run those tools on kiln's output).
