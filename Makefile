@@ -22,6 +22,9 @@ TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
 # update_metadata.proto blob must have these git object ids (those of
 # commit e7ba2a80e50c, the sc-v2-release (Android 12.1) snapshot; neither
 # changed on that branch after 2021-04-30).
+# Any copy with the same content passes the pin: LineageOS's
+# android_system_update_engine, branch lineage-19.1, holds both objects
+# (make deps UPDATE_ENGINE_GIT=file:///path/to/it UPDATE_ENGINE_REF=refs/heads/lineage-19.1).
 # Its protobuf module is regenerated from the .proto with Debian's protoc so
 # that it matches Debian's python3-protobuf.
 UPDATE_ENGINE_GIT   ?= https://android.googlesource.com/platform/system/update_engine
@@ -87,7 +90,8 @@ paycheck:
 	  git -C "$$tmp" init -q && \
 	  if ! timeout 120 git -C "$$tmp" fetch -q --depth 1 "$(UPDATE_ENGINE_GIT)" "$(UPDATE_ENGINE_REF)"; then \
 	    echo "WARNING: cannot fetch update_engine from $(UPDATE_ENGINE_GIT): the paycheck.py tests will be SKIPPED." >&2; \
-	    echo "         (set UPDATE_ENGINE_GIT to a reachable copy of platform/system/update_engine)" >&2; \
+	    echo "         (set UPDATE_ENGINE_GIT to a reachable copy of platform/system/update_engine and UPDATE_ENGINE_REF to" >&2; \
+	    echo "         a ref of it with the same content, e.g. LineageOS's android_system_update_engine, refs/heads/lineage-19.1)" >&2; \
 	    mkdir -p $(KILN_CACHE) && echo "update_engine could not be fetched from $(UPDATE_ENGINE_GIT)" > $(PAYCHECK_DIR).unavailable; exit 0; fi && \
 	  tree=$$(git -C "$$tmp" rev-parse FETCH_HEAD:scripts) && proto=$$(git -C "$$tmp" rev-parse FETCH_HEAD:update_metadata.proto) && \
 	  if [ "$$tree" != $(UPDATE_ENGINE_TREE) ] || [ "$$proto" != $(UPDATE_ENGINE_PROTO) ]; then \
