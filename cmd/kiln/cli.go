@@ -112,7 +112,7 @@ func Run(ctx context.Context, env Env) int {
 // what it should — wherever they surface: exit 2.
 var inputErrors = []error{
 	fs.ErrNotExist, fs.ErrPermission, layout.ErrInvalid, layout.ErrNoGPT, layout.ErrNotDisk, layout.ErrTooLarge,
-	build.ErrRecipe, build.ErrUnstorable, tree.ErrBadPath, tree.ErrLinux, source.ErrTooLarge, source.ErrUnsupported, source.ErrWindow,
+	build.ErrRecipe, build.ErrBootUnsigned, build.ErrUnstorable, tree.ErrBadPath, tree.ErrLinux, source.ErrTooLarge, source.ErrUnsupported, source.ErrWindow,
 	sign.ErrInvalidKey, sign.ErrUnsupportedKey, sign.ErrUnknownScheme,
 }
 
