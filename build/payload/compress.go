@@ -85,7 +85,10 @@ func (z *compressor) close() {
 func compressXZ(b []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	// CRC32 checks: xz-embedded (update_engine's decoder) supports no other.
-	dict := max(len(b), 4096)
+	// A dictionary of at most 2 MiB: on make bench's Debian update, an 8 MiB
+	// one on the 8 MiB solid runs made the delta 0.1 % smaller, planning
+	// about 20 % slower and the peak memory 50 % larger.
+	dict := min(max(len(b), 4096), 2<<20)
 	w, err := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: dict}.NewWriter(&buf)
 	if err != nil {
 		return nil, err

@@ -64,6 +64,10 @@ const (
 	// replaceBlocks is the size of one compressed REPLACE operation (2 MiB,
 	// update_engine's full-payload chunk).
 	replaceBlocks = 512
+	// solidBlocks is the size of one solid run of new files (8 MiB). On
+	// make bench's Debian update 4 MiB runs made the delta 0.8 % larger;
+	// 16 MiB runs were no smaller and took more memory.
+	solidBlocks = 2048
 	// copyBlocks caps one SOURCE_COPY operation (Apply buffers it).
 	copyBlocks = 1024
 	// zeroBlocks caps one ZERO operation.
@@ -559,7 +563,12 @@ func (pl *planner) classify() []job {
 		}
 	}
 
-	// (5) Everything else, in runs of consecutive blocks.
+	// (5) New file data that no old block or file explains: solid runs of
+	// files of one kind (see solidJobs).
+	if newMap != nil {
+		jobs = append(jobs, pl.solidJobs(newMap)...)
+	}
+	// (6) Everything else, in runs of consecutive blocks.
 	for b := uint32(0); b < n; {
 		if pl.kind[b] != kindNone {
 			b++
@@ -577,6 +586,71 @@ func (pl *planner) classify() []job {
 		jobs = append(jobs, j)
 	}
 	return jobs
+}
+
+// solidJobs gathers the file blocks no earlier step claimed (new files,
+// and a full payload's files) into REPLACE jobs of up to solidBlocks:
+// ELF objects first, then the other files, each group by path (so a
+// package's files stay together). One compressor run then spans many
+// similar files, as a solid archive's does. On make bench's Debian update
+// (xz) the delta is 5.4 % smaller (27.09 → 25.64 MB) and the full payload
+// 3.2 % smaller than with 2 MiB runs in disk order, in the same time.
+// Grouping by more kinds (scripts, gzip, name extensions) made the full
+// payload 1.3 % smaller but the delta 0.6 % larger. Zero blocks are left
+// to the runs of step 6 (ZERO or one shared compressed run).
+func (pl *planner) solidJobs(m *blockmap.Map) []job {
+	type fileRun struct {
+		kind, path string
+		blocks     []uint32
+	}
+	var runs []fileRun
+	head := make([]byte, 4)
+	for i := range m.Files {
+		f := &m.Files[i]
+		var blocks []uint32
+		for _, b := range fileBlocks(f, pl.nBlocks) {
+			if pl.kind[b] == kindNone && !pl.newH.zero[b] {
+				pl.kind[b] = kindJob
+				blocks = append(blocks, b)
+			}
+		}
+		if len(blocks) == 0 {
+			continue
+		}
+		clear(head)
+		pl.cfg.New.R.ReadAt(head, int64(blocks[0])*BlockSize) // a short read only changes the grouping
+		runs = append(runs, fileRun{fileKind(head), f.Path, blocks})
+	}
+	sort.SliceStable(runs, func(i, j int) bool {
+		if runs[i].kind != runs[j].kind {
+			return runs[i].kind < runs[j].kind
+		}
+		return runs[i].path < runs[j].path
+	})
+	var jobs []job
+	var cur []uint32
+	for _, r := range runs {
+		for _, b := range r.blocks {
+			cur = append(cur, b)
+			if len(cur) == solidBlocks {
+				jobs = append(jobs, job{dst: cur})
+				cur = nil
+			}
+		}
+	}
+	if len(cur) > 0 {
+		jobs = append(jobs, job{dst: cur})
+	}
+	return jobs
+}
+
+// fileKind orders files for solidJobs: ELF objects ("0") before the
+// rest ("1"), told by the magic of their first bytes.
+func fileKind(head []byte) string {
+	if bytes.HasPrefix(head, []byte("\x7fELF")) {
+		return "0"
+	}
+	return "1"
 }
 
 // guessSource picks old blocks to diff the new blocks [start, end)
@@ -772,7 +846,18 @@ func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, e
 			}
 		}()
 	}
-	for i := range jobs {
+	// The costliest jobs first (longest processing time first), so that
+	// no large job starts last and leaves a core idle; each job's result
+	// has its own slot, so the order changes no byte of the payload.
+	order := make([]int, len(jobs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		ja, jb := jobs[order[a]], jobs[order[b]]
+		return len(ja.dst)+len(ja.src) > len(jb.dst)+len(jb.src)
+	})
+	for _, i := range order {
 		if ctx.Err() != nil {
 			break
 		}
