@@ -86,6 +86,23 @@ func (a *appender) zeros(n int64) error {
 	return err
 }
 
+// writeBlock writes block b whole, its zero units as zeros, then zeros up
+// to size bytes (the last block of a disk shorter than a whole block).
+func (a *appender) writeBlock(b *block, size int64) error {
+	for u, z := range b.zero {
+		if z {
+			if err := a.zeros(unitSize); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := a.Write(padUnit(b.unit(u))); err != nil {
+			return err
+		}
+	}
+	return a.zeros(size - int64(len(b.zero))*unitSize)
+}
+
 // align pads with zeros to a multiple of n.
 func (a *appender) align(n int64) error {
 	if r := a.pos() % n; r != 0 {

@@ -167,19 +167,7 @@ func writeVHDDynamic(ctx context.Context, dst io.WriterAt, src *Source, o Option
 		if _, err := out.Write(bitmap); err != nil {
 			return err
 		}
-		for u, z := range b.zero {
-			if z {
-				if err := out.zeros(unitSize); err != nil {
-					return err
-				}
-				continue
-			}
-			if _, err := out.Write(padUnit(b.unit(u))); err != nil {
-				return err
-			}
-		}
-		// The last block of a disk shorter than a whole block.
-		return out.zeros(vhdBlockSize - int64(len(b.zero))*unitSize)
+		return out.writeBlock(b, vhdBlockSize)
 	})
 	if err != nil {
 		return 0, err

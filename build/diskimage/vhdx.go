@@ -89,18 +89,7 @@ func writeVHDX(ctx context.Context, dst io.WriterAt, src *Source, o Options) (in
 			return nil
 		}
 		bat[vhdxBATIndex(b.off/vhdxBlockSize)] = uint64(out.pos()) | vhdxFullyPresent
-		for u, z := range b.zero {
-			if z {
-				if err := out.zeros(unitSize); err != nil {
-					return err
-				}
-				continue
-			}
-			if _, err := out.Write(padUnit(b.unit(u))); err != nil {
-				return err
-			}
-		}
-		return out.zeros(vhdxBlockSize - int64(len(b.zero))*unitSize)
+		return out.writeBlock(b, vhdxBlockSize)
 	})
 	if err != nil {
 		return 0, err

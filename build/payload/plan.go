@@ -846,18 +846,7 @@ func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, e
 			}
 		}()
 	}
-	// The costliest jobs first (longest processing time first), so that
-	// no large job starts last and leaves a core idle; each job's result
-	// has its own slot, so the order changes no byte of the payload.
-	order := make([]int, len(jobs))
-	for i := range order {
-		order[i] = i
-	}
-	sort.SliceStable(order, func(a, b int) bool {
-		ja, jb := jobs[order[a]], jobs[order[b]]
-		return len(ja.dst)+len(ja.src) > len(jb.dst)+len(jb.src)
-	})
-	for _, i := range order {
+	for i := range jobs {
 		if ctx.Err() != nil {
 			break
 		}

@@ -79,9 +79,6 @@ func diskFormat(name string) (DiskFormat, bool) {
 	return DiskFormats[i], true
 }
 
-// isDiskFile reports whether name is the file of one of DiskFormats.
-func isDiskFile(name string) bool { return diskFormatOf(name) != "" }
-
 // diskFormatOf returns the name of the format whose file is name, or "".
 func diskFormatOf(name string) string {
 	for _, f := range DiskFormats {

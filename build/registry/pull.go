@@ -465,7 +465,7 @@ func (p *puller) verifyBuild(ctx context.Context) error {
 			// (kiln build --format): its digest, and the disk it holds
 			// read through its format.
 			rep, err = verify.Image(ctx, p.st.file(file.Name), opts)
-		case isDiskFile(file.Name):
+		case diskFormatOf(file.Name) != "":
 			return verifyErrorf("%s: %s is not listed in the signed %s, so --key cannot check it (build with --format %s to list and sign it, or pull without --key)",
 				p.name, file.Name, ManifestFile, diskFormatOf(file.Name))
 		case file.Name == UsrFile:
