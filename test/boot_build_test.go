@@ -51,11 +51,7 @@ boot:
 // the same image.
 func TestBootBuildContents(t *testing.T) {
 	dir := t.TempDir()
-	cache := bootCache(t)
-	fetch, _ := filepath.Abs("../recipes/bootable/fetch.sh")
-	if r := run(t, "sh", fetch, cache, kiln); r.code != 0 {
-		t.Fatalf("fetch.sh: %s%s", r.stdout, r.stderr)
-	}
+	cache := fetchBootable(t)
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
 	recipe := bootableRecipe(t, dir, cache, "")
@@ -181,11 +177,7 @@ func TestBootBuildContents(t *testing.T) {
 // left in OUTDIR.
 func TestBootRecipeRefusals(t *testing.T) {
 	dir := t.TempDir()
-	cache := bootCache(t)
-	fetch, _ := filepath.Abs("../recipes/bootable/fetch.sh")
-	if r := run(t, "sh", fetch, cache, kiln); r.code != 0 {
-		t.Fatalf("fetch.sh: %s%s", r.stdout, r.stderr)
-	}
+	cache := fetchBootable(t)
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
 	good := fmt.Sprintf(`  kernel: %[1]s/root/boot/vmlinuz

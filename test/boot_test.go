@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +25,19 @@ func bootCache(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return filepath.Join(cache, "kiln", "bootable")
+}
+
+// fetchBootable runs recipes/bootable/fetch.sh (Debian's cloud kernel,
+// systemd's UEFI stub and busybox, cached; the release's /usr remade with
+// this kiln) and returns its directory.
+func fetchBootable(t *testing.T) string {
+	t.Helper()
+	cache := bootCache(t)
+	fetch, _ := filepath.Abs("../recipes/bootable/fetch.sh")
+	if r := run(t, "sh", fetch, cache, kiln); r.code != 0 {
+		t.Fatalf("fetch.sh: %s%s", r.stdout, r.stderr)
+	}
+	return cache
 }
 
 // vm is a disk booted under QEMU with OVMF, as a user would: the firmware
@@ -98,32 +110,10 @@ func TestBootLifecycle(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	cache := bootCache(t)
-	fetch, _ := filepath.Abs("../recipes/bootable/fetch.sh")
-	if r := run(t, "sh", fetch, cache, kiln); r.code != 0 {
-		t.Fatalf("fetch.sh: %s%s", r.stdout, r.stderr)
-	}
+	cache := fetchBootable(t)
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
-	layoutFile, _ := filepath.Abs("../recipes/bootable/layout.yaml")
-	recipe := filepath.Join(dir, "bootable.yaml")
-	os.WriteFile(recipe, []byte(fmt.Sprintf(`name: bootable
-version: 1.0.0
-layout: %s
-boot:
-  kernel: %[2]s/root/boot/vmlinuz
-  modules: %[2]s/root/lib/modules/current
-  load: [virtio_pci, virtio_blk, dm_verity]
-  stub: %[2]s/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub
-  cmdline: "console=ttyS0 panic=1 quiet"
-partitions:
-  USR-A:
-    source: dir:usr
-  OEM:
-    files:
-      - {path: /kiln.conf, content: "init=/usr/lib/bootable/init\n"}
-  ROOT: {}
-`, layoutFile, cache)), 0o644)
+	recipe := bootableRecipe(t, dir, cache, "") // each release's /usr by --set below
 	// The guest's init: report the booted slot and release, bless the
 	// slot, apply a payload found on a second disk, power off. Release 3's
 	// init fails at once.

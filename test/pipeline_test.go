@@ -18,9 +18,7 @@ func TestReleasePipeline(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	ca := reg.ca
 	image := px.host + "/os/image"
 	payloadRepo := px.host + "/os/payload"

@@ -211,6 +211,16 @@ func (r *testRegistry) env(t *testing.T, pass string, hosts ...string) []string 
 		"REGISTRY_AUTH_FILE=", "XDG_RUNTIME_DIR=", "XDG_CONFIG_HOME="}
 }
 
+// registryBehindProxy starts a registry and a TLS proxy in front of it,
+// and returns them with an environment whose credentials let kiln in
+// through the proxy: what most registry tests need.
+func registryBehindProxy(t *testing.T) (*testRegistry, *proxy, []string) {
+	t.Helper()
+	reg := startRegistry(t)
+	px := reg.startProxy(t, true)
+	return reg, px, reg.env(t, reg.pass, px.host)
+}
+
 // proxy is a reverse proxy in front of the registry that records the
 // requests it passes and can drop the connection in the middle of blob
 // downloads.

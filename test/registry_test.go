@@ -132,9 +132,7 @@ func TestRegistryPushPullRoundTrip(t *testing.T) {
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "-o", key)
 	out := buildSmall(t, dir, key+".key")
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	ref := px.host + "/kiln/small:1.0.0"
 
 	first := pushJSON(t, env, out, ref, "--ca-file", reg.ca)
@@ -252,9 +250,7 @@ func TestRegistryPullRefusesTampered(t *testing.T) {
 	mustRun(t, kiln, "keygen", "-o", key)
 	mustRun(t, kiln, "keygen", "-o", other)
 	out := buildSmall(t, dir, key+".key")
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	ca := []string{"--ca-file", reg.ca}
 
 	// manifest.json changed after it was signed.
@@ -328,9 +324,7 @@ func TestRegistryPayload(t *testing.T) {
 	out := buildSmall(t, dir, key+".key")
 	pl := filepath.Join(dir, "update.payload")
 	mustRun(t, kiln, "payload", "generate", "-q", "--to", out, "-o", pl, "--key", key+".key", "--client", "kiln")
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	ref := px.host + "/kiln/small-payload:1.0.0"
 
 	p := pushJSON(t, env, pl, ref, "--ca-file", reg.ca)
@@ -360,9 +354,7 @@ func TestRegistryPullDroppedConnection(t *testing.T) {
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "-o", key)
 	out := buildSmall(t, dir, key+".key")
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	ref := px.host + "/kiln/small:1.0.0"
 	// Uncompressed: disk.img is one blob of 203 MiB.
 	p := pushJSON(t, env, out, ref, "--compression", "none", "--ca-file", reg.ca)
@@ -436,9 +428,7 @@ func TestRegistryContainerDisk(t *testing.T) {
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "-o", key)
 	out := buildSmall(t, dir, key+".key")
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	p := pushJSON(t, env, out, px.host+"/kiln/small-disk:1.0.0", "--containerdisk", "--ca-file", reg.ca)
 	m := reg.manifest(t, px.host, "kiln/small-disk", "1.0.0")
 	if m.ArtifactType != "" || m.Config.MediaType != "application/vnd.oci.image.config.v1+json" || len(m.Layers) != 1 || m.Layers[0].MediaType != "application/vnd.oci.image.layer.v1.tar+gzip" {
@@ -513,9 +503,7 @@ func TestRegistryPushMemoryBounded(t *testing.T) {
 		t.Fatalf("build: %s", r.stderr)
 	}
 	os.RemoveAll(usr)
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	ref := px.host + "/kiln/big:1.0.0"
 	const bound = 192 << 20
 	start := time.Now()
@@ -553,9 +541,7 @@ func TestRegistryPullChecksConvertedImages(t *testing.T) {
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "-o", key)
 	out := buildSmall(t, dir, key+".key", "--format", "qcow2,raw.zst")
-	reg := startRegistry(t)
-	px := reg.startProxy(t, true)
-	env := reg.env(t, reg.pass, px.host)
+	reg, px, env := registryBehindProxy(t)
 	ca := []string{"--ca-file", reg.ca}
 
 	good := px.host + "/kiln/converted:1.0.0"
