@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -111,17 +109,7 @@ func sha256File(t *testing.T, path string, off, size int64) string {
 // vfork, and exec keeps the old memory's high-water mark.)
 func peakRSS(t *testing.T, args ...string) int64 {
 	t.Helper()
-	rep := filepath.Join(t.TempDir(), "rss")
-	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rep, kiln}, args...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("kiln %v: %v\n%s", args, err, out)
-	}
-	b, err := os.ReadFile(rep)
-	kb, err2 := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil || err2 != nil {
-		t.Fatalf("GNU time: %v %v %q", err, err2, b)
-	}
-	return kb * 1024
+	return peakRSSEnv(t, nil, args...)
 }
 
 func TestDeltaPayloadUpdatesPassiveSlot(t *testing.T) {
