@@ -340,3 +340,96 @@ func TestVerifyDeployedDisk(t *testing.T) {
 	mustRun(t, kiln, "keygen", "-o", filepath.Join(dir, "other"))
 	verifyFails(t, "slot USR-A", "signature", "--deployed", disk, "--key", filepath.Join(dir, "other.pub"))
 }
+
+// TestVerifyDeployedInterruptedGPT: a write killed between kiln's two GPT
+// copies leaves them different, or one torn. The deployed-disk check
+// passes with a warning that names the damage (the copy readers use is
+// whole), while `layout check` and the built-image check fail; with no
+// valid copy left, the deployed check fails.
+func TestVerifyDeployedInterruptedGPT(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, kiln, "keygen", "-o", filepath.Join(dir, "k"))
+	out := buildSmall(t, dir, filepath.Join(dir, "k.key"))
+	pub := filepath.Join(dir, "k.pub")
+	built := filepath.Join(out, "disk.img")
+	disk := filepath.Join(dir, "disk.img")
+	size := fileSize(t, built)
+	backupAt := size - 33*512
+	for _, c := range []struct {
+		name, want string
+		damage     func()
+	}{
+		{"differ", "the backup GPT differs from the primary", func() {
+			// The primary gets USR-A's new bits, the backup keeps the old
+			// ones: what a kill between the two copies leaves.
+			old := readAt(t, disk, backupAt, 33*512)
+			mustRun(t, "cgpt", "add", "-i", "3", "-P", "2", disk)
+			writeAt(t, disk, backupAt, old)
+		}},
+		{"torn backup", "backup GPT damaged: GPT: partition array CRC mismatch", func() {
+			flip(t, disk, backupAt+100)
+		}},
+		{"torn primary", "primary GPT damaged: GPT: header CRC mismatch", func() {
+			flip(t, disk, 512+80)
+		}},
+	} {
+		copyFile(t, built, disk)
+		c.damage()
+		for _, args := range [][]string{
+			{"verify", "--deployed", disk, "--key", pub},
+			{"verify", "--deployed", disk, "--key", pub, "--manifest", filepath.Join(out, "manifest.json")},
+		} {
+			r := run(t, kiln, args...)
+			if r.code != 0 || !strings.Contains(r.stdout, "warn gpt") || !strings.Contains(r.stdout, c.want) || !strings.Contains(r.stdout, "ok   verity USR-A") {
+				t.Errorf("%s: %v: exit %d\n%s%s", c.name, args[1:], r.code, r.stdout, r.stderr)
+			}
+		}
+		if r := run(t, kiln, "layout", "check", "--layout", filepath.Join(dir, "small.yaml"), disk); r.code != 1 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: layout check: exit %d\n%s%s", c.name, r.code, r.stdout, r.stderr)
+		}
+		verifyFails(t, "gpt", c.want, disk, "--key", pub, "--manifest", filepath.Join(out, "manifest.json"))
+	}
+	// Both copies torn: nothing to read, the deployed check fails.
+	copyFile(t, built, disk)
+	flip(t, disk, backupAt+100)
+	flip(t, disk, 512+80)
+	verifyFails(t, "gpt", "no valid GPT", "--deployed", disk, "--key", pub)
+}
+
+// fileSize returns the size of the file at path.
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// readAt returns n bytes of the file at path from off.
+func readAt(t *testing.T, path string, off int64, n int) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// writeAt writes b into the file at path at off.
+func writeAt(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}

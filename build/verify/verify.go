@@ -38,8 +38,11 @@ import (
 
 // Check is the verdict of one check.
 type Check struct {
-	Name   string `json:"name"`   // "signature", "gpt", "digest USR-A", "verity USR-A"
-	OK     bool   `json:"ok"`     //
+	Name string `json:"name"` // "signature", "gpt", "digest USR-A", "verity USR-A"
+	OK   bool   `json:"ok"`   //
+	// Warn marks a check that passed with something the user should
+	// repair (a deployed disk's damaged spare GPT copy).
+	Warn   bool   `json:"warn,omitempty"`
 	Detail string `json:"detail"` // what was checked, or what is wrong
 }
 
@@ -135,7 +138,7 @@ func Image(ctx context.Context, path string, o Options) (*Report, error) {
 // checkDisk checks the disk d (m.DiskSize bytes) against the manifest:
 // the GPT, the bytes outside the partitions, every partition.
 func checkDisk(ctx context.Context, r *Report, d io.ReaderAt, name string, m *manifest.Manifest, o Options) {
-	t, ok := checkTable(r, d, m.DiskSize, name, m)
+	t, ok := checkTable(r, d, m.DiskSize, name, m, false)
 	if !ok {
 		return
 	}
@@ -238,10 +241,10 @@ func checkZeros(r io.ReaderAt, off, end int64) error {
 	return nil
 }
 
-// checkTable reads the GPT of the disk d (size bytes), requires both
-// copies valid and the same, and compares the partitions' geometry with
-// the manifest's.
-func checkTable(r *Report, d io.ReaderAt, size int64, name string, m *manifest.Manifest) (*layout.Table, bool) {
+// checkTable reads the GPT of the disk d (size bytes), compares the
+// partitions' geometry with the manifest's, and requires both copies
+// valid and the same (for a deployed disk, see addDeployedGPT).
+func checkTable(r *Report, d io.ReaderAt, size int64, name string, m *manifest.Manifest, deployed bool) (*layout.Table, bool) {
 	t, err := layout.ReadTableAt(d, size, name)
 	if err != nil {
 		r.add("gpt", err, "")
@@ -251,8 +254,32 @@ func checkTable(r *Report, d io.ReaderAt, size int64, name string, m *manifest.M
 		r.add("gpt", err, "")
 		return nil, false
 	}
-	r.add("gpt", t.Copies.Err(), fmt.Sprintf("both copies valid; disk GUID %s, %d partitions match the manifest", t.DiskGUID, len(t.Partitions)))
+	detail := fmt.Sprintf("disk GUID %s, %d partitions match the manifest", t.DiskGUID, len(t.Partitions))
+	if deployed {
+		addDeployedGPT(r, t, detail)
+	} else {
+		r.add("gpt", t.Copies.Err(), "both copies valid; "+detail)
+	}
 	return t, true
+}
+
+// addDeployedGPT reports the GPT copies of a deployed disk. A write
+// interrupted by a crash or a kill (kiln writes the backup copy, then the
+// primary) can leave one copy damaged, or both valid and different; the
+// copy readers use (the primary when valid, as firmware, the kernel, cgpt
+// and kiln's boot path do) still holds a whole table, old or new, so the
+// check passes with a warning naming the damage and the repair. Only a
+// disk with no valid copy, which ReadTable refuses, fails it.
+func addDeployedGPT(r *Report, t *layout.Table, detail string) {
+	damage := t.Copies.Err()
+	if damage == nil {
+		r.add("gpt", nil, "both copies valid; "+detail)
+		return
+	}
+	used := map[bool]string{true: "backup", false: "primary"}[t.FromBackup()]
+	r.Checks = append(r.Checks, Check{Name: "gpt", OK: true, Warn: true, Detail: fmt.Sprintf(
+		"%v; the %s copy is valid and is the one read (%s); the next kiln command that writes the disk repairs the other, as do sgdisk -e and cgpt repair",
+		damage, used, detail)})
 }
 
 // DeployedOptions name what a deployed disk is checked against.
@@ -267,9 +294,9 @@ type DeployedOptions struct {
 }
 
 // Deployed verifies a deployed disk: what must not change while it runs.
-// Both GPT copies must be valid and the same (and, given a manifest, lay
-// out the partitions it lists; slot attributes are state and are not
-// compared); every USR slot in the boot order (priority above 0) must
+// The GPT read must be valid (and, given a manifest, lay out the
+// partitions it lists; slot attributes are state and are not compared; a
+// damaged or differing spare copy is a warning, see addDeployedGPT); every USR slot in the boot order (priority above 0) must
 // hold a release record with a valid signature and a whole dm-verity tree
 // matching the record's root hash. Writable partitions (ESP, OEM, ROOT)
 // and slots out of the boot order (empty, being written) are not checked.
@@ -287,7 +314,7 @@ func Deployed(ctx context.Context, path string, o DeployedOptions) (*Report, err
 			return r.finish(), nil
 		}
 		var ok bool
-		if t, ok = checkTable(r, d.File, d.Size, d.Path, m); !ok {
+		if t, ok = checkTable(r, d.File, d.Size, d.Path, m, true); !ok {
 			return r.finish(), nil
 		}
 	} else {
@@ -295,7 +322,7 @@ func Deployed(ctx context.Context, path string, o DeployedOptions) (*Report, err
 			r.add("gpt", err, "")
 			return r.finish(), nil
 		}
-		r.add("gpt", t.Copies.Err(), fmt.Sprintf("both copies valid; disk GUID %s, %d partitions", t.DiskGUID, len(t.Partitions)))
+		addDeployedGPT(r, t, fmt.Sprintf("disk GUID %s, %d partitions", t.DiskGUID, len(t.Partitions)))
 	}
 	if len(t.Slots()) == 0 {
 		r.add("slots", errors.New("the disk has no USR slot"), "")

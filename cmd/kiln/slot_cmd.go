@@ -320,8 +320,11 @@ func newSlotMarkBootableCommand(g *globals) *cobra.Command {
 func printReport(g *globals, rep *verify.Report) {
 	for _, c := range rep.Checks {
 		mark := "ok  "
-		if !c.OK {
+		switch {
+		case !c.OK:
 			mark = "FAIL"
+		case c.Warn:
+			mark = "warn"
 		}
 		fmt.Fprintf(g.env.Stdout, "%s %-16s %s\n", mark, c.Name, c.Detail)
 	}
