@@ -106,7 +106,7 @@ paycheck:
 # Parsers of untrusted input, fuzzed briefly on every run (seeded from
 # what kiln's writers produce).
 FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity:FuzzReadSuperblock \
-        ./layout:FuzzReadTable ./sign:FuzzVerify ./build/source:FuzzXZ ./build/slot:FuzzDecode
+        ./layout:FuzzReadTable ./sign:FuzzVerify ./internal/xzstream:FuzzXZ ./build/slot:FuzzDecode
 FUZZTIME ?= 8s
 
 test: deps

@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -50,6 +51,9 @@ func TestPaycheckAcceptsPayloads(t *testing.T) {
 			for _, p := range []string{full, delta} {
 				st, _ := os.Stat(p)
 				t.Logf("%s: %d bytes", filepath.Base(p), st.Size())
+				if fs == "ext4" {
+					requireX86Filter(t, p)
+				}
 			}
 
 			pc.accept(t, full, key+".pub", "full", "", usr2)
@@ -82,6 +86,57 @@ func TestPaycheckAcceptsPayloads(t *testing.T) {
 			pc.reject(t, zstd, key+".pub", "full", "", usr2, "Error: ", "REPLACE")
 		})
 	}
+}
+
+// TestX86FilterPayloads: x86 programs in a release go into REPLACE_XZ
+// data behind xz's x86 BCJ filter for the client families that decode it
+// (paycheck.py's applier among them, see TestPaycheckAcceptsPayloads),
+// and kiln's own applier installs such payloads, full and delta (it
+// checks the written partition's hash). For the chromiumos family the
+// filter is not used.
+func TestX86FilterPayloads(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "payload")
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
+	out1, out2 := paycheckReleases(t, dir, "ext4", key)
+	for _, from := range []string{"", out1} {
+		p := filepath.Join(dir, "x86.payload")
+		args := []string{"payload", "generate", "--to", out2, "-o", p, "--key", key + ".key"}
+		if from != "" {
+			args = append(args, "--from", from)
+		}
+		mustRun(t, kiln, args...)
+		requireX86Filter(t, p)
+		disk := filepath.Join(dir, "apply.img")
+		copyFile(t, filepath.Join(out1, "disk.img"), disk)
+		mustRun(t, kiln, "payload", "apply", p, "--disk", disk, "--key", key+".pub")
+		mustRun(t, kiln, append(args, "--client", "chromiumos")...)
+		if out := mustRun(t, kiln, "payload", "inspect", p); !strings.Contains(out, "chromiumos    applies it") {
+			t.Errorf("--client chromiumos: the payload is not for chromiumos clients:\n%s", out)
+		}
+	}
+}
+
+// requireX86Filter fails unless the payload has REPLACE_XZ data behind
+// xz's x86 BCJ filter, which `payload inspect` tells by the one client
+// family that cannot apply it.
+func requireX86Filter(t *testing.T, path string) {
+	t.Helper()
+	var s struct {
+		Clients []struct {
+			Client string `json:"client"`
+			Why    string `json:"why_not"`
+		} `json:"clients"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, kiln, "payload", "inspect", "--json", path)), &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range s.Clients {
+		if strings.Contains(c.Why, "x86 BCJ") {
+			return
+		}
+	}
+	t.Fatalf("%s: no REPLACE_XZ operation uses the x86 BCJ filter: %+v", filepath.Base(path), s.Clients)
 }
 
 // TestPaycheckClientComputedTree: a delta whose verity tree the client
@@ -329,6 +384,14 @@ func paycheckReleases(t *testing.T, dir, fs, key string) (string, string) {
 		}
 		v2.Put(fmt.Sprintf("lib/added-%d.so", i), &tree.Inode{Type: tree.Regular, Perm: 0o755, Mtime: treetest.Epoch, Size: int64(len(b)), Content: tree.Bytes(b)})
 	}
+	// A real x86-64 program, new in release 2: its blocks go into a
+	// REPLACE_XZ behind xz's x86 BCJ filter (ext4; squashfs blocks are
+	// compressed already).
+	prog, err := os.ReadFile("/bin/bash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2.Put("bin/bash", &tree.Inode{Type: tree.Regular, Perm: 0o755, Mtime: treetest.Epoch, Size: int64(len(prog)), Content: tree.Bytes(prog)})
 	var outs []string
 	for i, tr := range []*tree.Tree{v1, v2} {
 		usr := filepath.Join(dir, fmt.Sprintf("usr%d", i+1))

@@ -12,6 +12,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz/lzma"
+
+	"github.com/kiln-os/kiln/internal/xzstream"
 )
 
 // The compressed raw formats cut the disk into chunks and compress each
@@ -138,9 +140,7 @@ func zstdZeros(n int64) []byte {
 // with their compressed and uncompressed sizes in the header and a CRC64
 // check, the index, the stream footer.
 var (
-	xzMagic     = []byte{0xfd, '7', 'z', 'X', 'Z', 0}
 	xzFooterMag = []byte{'Y', 'Z'}
-	xzFlags     = []byte{0x00, 0x04} // check: CRC64
 	crc64Table  = crc64.MakeTable(crc64.ECMA)
 )
 
@@ -270,10 +270,8 @@ func compressXZBlock(ctx context.Context, data []byte) (*xzBlock, error) {
 // on several cores).
 func writeXZ(ctx context.Context, dst io.WriterAt, src *Source, o Options) (int64, error) {
 	out := newAppender(dst, 0)
-	out.Write(xzMagic)
-	out.Write(xzFlags)
-	out.Write(binary.LittleEndian.AppendUint32(nil, crc32.ChecksumIEEE(xzFlags)))
-	var records [][2]int64
+	out.Write(xzstream.AppendStreamHeader(nil, xzstream.CheckCRC64))
+	var records []xzstream.IndexRecord
 	c := &chunker{size: src.Size(), chunk: xzChunk, compress: func(data []byte) ([]byte, error) {
 		b, err := compressXZBlock(ctx, data)
 		if err != nil {
@@ -283,30 +281,13 @@ func writeXZ(ctx context.Context, dst io.WriterAt, src *Source, o Options) (int6
 		return append(binary.LittleEndian.AppendUint64(nil, uint64(b.unpadded)), b.data...), nil
 	}}
 	err := c.run(ctx, src, o, func(comp []byte, n int64) error {
-		records = append(records, [2]int64{int64(binary.LittleEndian.Uint64(comp)), n})
+		records = append(records, xzstream.IndexRecord{Unpadded: binary.LittleEndian.Uint64(comp), Uncompressed: uint64(n)})
 		_, err := out.Write(comp[8:])
 		return err
 	})
 	if err != nil {
 		return 0, err
 	}
-	// The index: indicator, count, records, padding, CRC32.
-	idx := []byte{0}
-	idx = binary.AppendUvarint(idx, uint64(len(records)))
-	for _, r := range records {
-		idx = binary.AppendUvarint(idx, uint64(r[0]))
-		idx = binary.AppendUvarint(idx, uint64(r[1]))
-	}
-	for len(idx)%4 != 0 {
-		idx = append(idx, 0)
-	}
-	idx = binary.LittleEndian.AppendUint32(idx, crc32.ChecksumIEEE(idx))
-	out.Write(idx)
-	// The footer: CRC32, backward size, flags, magic.
-	f := binary.LittleEndian.AppendUint32(nil, uint32(len(idx)/4-1))
-	f = append(f, xzFlags...)
-	out.Write(binary.LittleEndian.AppendUint32(nil, crc32.ChecksumIEEE(f)))
-	out.Write(f)
-	out.Write(xzFooterMag)
+	out.Write(xzstream.AppendStreamTail(nil, records, xzstream.CheckCRC64))
 	return out.pos(), out.flush()
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/kiln-os/kiln/internal/xzstream"
 )
 
 // ErrFormat is returned for an image file that is not what its format
@@ -70,7 +72,7 @@ func Detect(r io.ReaderAt, size int64) (Format, error) {
 		return VMDKSparse, nil
 	case bytes.HasPrefix(head, []byte("vhdxfile")):
 		return VHDX, nil
-	case bytes.HasPrefix(head, xzMagic):
+	case bytes.HasPrefix(head, xzstream.Magic):
 		return RawXZ, nil
 	case bytes.HasPrefix(head, zstdMagic):
 		return RawZstd, nil

@@ -58,11 +58,14 @@ const (
 	// REPLACE, REPLACE_BZ, REPLACE_XZ, SOURCE_COPY, SOURCE_BSDIFF, ZERO,
 	// DISCARD, BROTLI_BSDIFF, PUFFDIFF (each from its minor version); it
 	// computes the verity tree when the hash_tree_* fields are set (minor
-	// 6 and up); it checks 256-byte RSA-2048 signatures. The default.
+	// 6 and up); its xz decoder takes x86 BCJ (update_engine's generator
+	// has written it for x86 ELF files since 2018); it checks 256-byte
+	// RSA-2048 signatures. The default.
 	ClientAndroid12 Client = iota
 	// ClientNoVerityWriter is update_engine built without a verity writer
 	// (ChromiumOS-style clients): as ClientAndroid12, but it ignores the
-	// hash_tree_* fields, so the tree must be in the payload.
+	// hash_tree_* fields, so the tree must be in the payload, and its
+	// generator never writes xz's x86 BCJ filter, so kiln does not either.
 	ClientNoVerityWriter
 	// ClientZstd is update_engine that also knows operation ZSTD (14), as
 	// newer and OEM Android builds do (android-12.1's proto has no such
@@ -78,15 +81,16 @@ type clientRules struct {
 	maxMinor     uint32
 	zstd         bool // reads ZSTD operations
 	computesTree bool // computes the verity tree from hash_tree_* fields
+	x86          bool // its xz decoder takes the x86 BCJ filter
 	rsa2048      bool // checks only 256-byte RSA (PKCS#1 v1.5) signatures
 	kiln         bool // kiln's own applier
 }
 
 var clients = [...]clientRules{
-	ClientAndroid12:      {"android-12", "update_engine android-12.1 and its paycheck.py", 7, false, true, true, false},
-	ClientNoVerityWriter: {"chromiumos", "update_engine without a verity writer (ChromiumOS-style)", 7, false, false, true, false},
-	ClientZstd:           {"android-zstd", "update_engine that reads ZSTD operations (newer and OEM Android)", 9, true, true, true, false},
-	ClientKiln:           {"kiln", "kiln payload apply", 9, true, true, false, true},
+	ClientAndroid12:      {"android-12", "update_engine android-12.1 and its paycheck.py", 7, false, true, true, true, false},
+	ClientNoVerityWriter: {"chromiumos", "update_engine without a verity writer (ChromiumOS-style)", 7, false, false, false, true, false},
+	ClientZstd:           {"android-zstd", "update_engine that reads ZSTD operations (newer and OEM Android)", 9, true, true, true, true, false},
+	ClientKiln:           {"kiln", "kiln payload apply", 9, true, true, true, false, true},
 }
 
 // Clients lists the client families, the default first.
@@ -170,6 +174,9 @@ type Features struct {
 	MinorVersion uint32
 	Ops          []OpType // the operation types present, sorted
 	HashTree     bool     // upstream hash_tree_* fields: the client computes the tree
+	// XZX86 is set when a REPLACE_XZ operation's data goes through xz's
+	// x86 BCJ filter.
+	XZX86 bool
 	// SignatureSizes are the sizes of the payload's signatures (padded;
 	// none when unsigned).
 	SignatureSizes []int
@@ -183,8 +190,12 @@ func FeaturesOf(p *Payload) Features {
 			f.HashTree = true
 		}
 		for _, op := range pu.Operations {
-			if t := OpType(op.GetType()); !slices.Contains(f.Ops, t) {
+			t := OpType(op.GetType())
+			if !slices.Contains(f.Ops, t) {
 				f.Ops = append(f.Ops, t)
+			}
+			if t == OpReplaceXZ && !f.XZX86 {
+				f.XZX86 = p.xzX86(op)
 			}
 		}
 	}
@@ -216,6 +227,9 @@ func (c Client) Check(f Features) error {
 		case !opAllowed(t, f.MinorVersion):
 			return fmt.Errorf("operation %v at minor version %d", t, f.MinorVersion)
 		}
+	}
+	if f.XZX86 && !r.x86 {
+		return fmt.Errorf("REPLACE_XZ data behind xz's x86 BCJ filter (it is not known to decode it)")
 	}
 	if f.HashTree && !r.computesTree {
 		return fmt.Errorf("hash_tree_* fields (it does not compute the verity tree, so the partition hash fails)")
@@ -256,6 +270,10 @@ func (c Client) CheckKey(pub crypto.PublicKey) error {
 	return fmt.Errorf("payload: %s clients (%s) check only RSA-2048 signatures (256 bytes, PKCS#1 v1.5); this is %s", c, c.Description(), what)
 }
 
+// DecodesX86 reports whether clients of family c decode REPLACE_XZ data
+// behind xz's x86 BCJ filter.
+func (c Client) DecodesX86() bool { return int(c) < len(clients) && clients[c].x86 }
+
 // CheckConfig returns nil when the payload cfg plans is one that clients
 // of family c apply (its key aside), or an error that names the setting.
 func (c Client) CheckConfig(cfg *Config) error {
@@ -265,6 +283,9 @@ func (c Client) CheckConfig(cfg *Config) error {
 	r := clients[c]
 	if (cfg.Compression == CompressionZstd || cfg.Compression == CompressionAuto) && !r.zstd {
 		return fmt.Errorf("payload: compression %v makes ZSTD operations, which %s clients (%s) cannot read", cfg.Compression, c, r.desc)
+	}
+	if cfg.X86Filter && !r.x86 {
+		return fmt.Errorf("payload: %s clients (%s) are not known to decode xz's x86 BCJ filter", c, r.desc)
 	}
 	if cfg.VerityTree == VerityTreeByClient && !r.computesTree {
 		return fmt.Errorf("payload: %s clients (%s) do not compute the verity tree: it must be in the payload", c, r.desc)

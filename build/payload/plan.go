@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +46,10 @@ type Config struct {
 	// Workers is how many operations are generated at once (default: all
 	// cores).
 	Workers int
+	// X86Filter lets REPLACE_XZ data of x86 ELF files go through xz's x86
+	// BCJ filter, as update_engine's generator does; its clients decode
+	// it (see Client).
+	X86Filter bool
 	// TempDir holds the spool of operation data while the plan lives
 	// (default: os.TempDir()).
 	TempDir string
@@ -258,7 +263,7 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 		}
 		p.Old = &PartitionInfo{Size: cfg.Old.Size, Hash: oldH.sum}
 	}
-	comp, err := newCompressor(cfg.Compression, cfg.Workers)
+	comp, err := newCompressor(cfg.Compression, cfg.Workers, cfg.X86Filter)
 	if err != nil {
 		return nil, err
 	}
@@ -395,7 +400,7 @@ func (pl *planner) compressZeros(n int) (OpType, []byte, error) {
 	if z, ok := pl.zeroRuns[n]; ok {
 		return z.typ, z.data, nil
 	}
-	typ, data, err := pl.comp.compress(make([]byte, n*BlockSize))
+	typ, data, err := pl.comp.compress(make([]byte, n*BlockSize), false)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -420,6 +425,7 @@ func (pl *planner) allZero(blocks []uint32) bool {
 // against the old blocks src when that is smaller.
 type job struct {
 	dst, src []uint32
+	x86      bool // the blocks are mostly x86 machine code (ELF files)
 }
 
 // fileBlocks lists the image blocks that hold a file's data, in file order.
@@ -601,10 +607,11 @@ func (pl *planner) classify() []job {
 func (pl *planner) solidJobs(m *blockmap.Map) []job {
 	type fileRun struct {
 		kind, path string
+		x86        bool
 		blocks     []uint32
 	}
 	var runs []fileRun
-	head := make([]byte, 4)
+	head := make([]byte, 20)
 	for i := range m.Files {
 		f := &m.Files[i]
 		var blocks []uint32
@@ -619,7 +626,7 @@ func (pl *planner) solidJobs(m *blockmap.Map) []job {
 		}
 		clear(head)
 		pl.cfg.New.R.ReadAt(head, int64(blocks[0])*BlockSize) // a short read only changes the grouping
-		runs = append(runs, fileRun{fileKind(head), f.Path, blocks})
+		runs = append(runs, fileRun{fileKind(head), f.Path, x86ELF(head), blocks})
 	}
 	sort.SliceStable(runs, func(i, j int) bool {
 		if runs[i].kind != runs[j].kind {
@@ -627,30 +634,52 @@ func (pl *planner) solidJobs(m *blockmap.Map) []job {
 		}
 		return runs[i].path < runs[j].path
 	})
+	// A run holds x86 ELF files only, or none: the x86 BCJ filter helps
+	// the one and hurts the other.
 	var jobs []job
 	var cur []uint32
+	x86 := false
 	for _, r := range runs {
+		if r.x86 != x86 && len(cur) > 0 {
+			jobs = append(jobs, job{dst: cur, x86: x86})
+			cur = nil
+		}
+		x86 = r.x86
 		for _, b := range r.blocks {
 			cur = append(cur, b)
 			if len(cur) == solidBlocks {
-				jobs = append(jobs, job{dst: cur})
+				jobs = append(jobs, job{dst: cur, x86: x86})
 				cur = nil
 			}
 		}
 	}
 	if len(cur) > 0 {
-		jobs = append(jobs, job{dst: cur})
+		jobs = append(jobs, job{dst: cur, x86: x86})
 	}
 	return jobs
 }
 
-// fileKind orders files for solidJobs: ELF objects ("0") before the
-// rest ("1"), told by the magic of their first bytes.
-func fileKind(head []byte) string {
-	if bytes.HasPrefix(head, []byte("\x7fELF")) {
-		return "0"
+// x86ELF reports whether a file's first bytes are the header of a
+// little-endian ELF object for x86 or x86-64: the files update_engine's
+// generator compresses behind xz's x86 BCJ filter.
+func x86ELF(head []byte) bool {
+	if len(head) < 20 || !bytes.HasPrefix(head, []byte("\x7fELF")) || head[5] != 1 {
+		return false
 	}
-	return "1"
+	m := binary.LittleEndian.Uint16(head[18:20])
+	return m == 3 || m == 62 // EM_386, EM_X86_64
+}
+
+// fileKind orders files for solidJobs: x86 ELF objects ("0"), then
+// other ELF objects ("1"), then the rest ("2"), told by their first bytes.
+func fileKind(head []byte) string {
+	switch {
+	case x86ELF(head):
+		return "0"
+	case bytes.HasPrefix(head, []byte("\x7fELF")):
+		return "1"
+	}
+	return "2"
 }
 
 // guessSource picks old blocks to diff the new blocks [start, end)
@@ -874,7 +903,7 @@ func (pl *planner) generate(j job) (Op, []byte, error) {
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: new image: %w", err)
 	}
-	typ, data, err := pl.comp.compress(newData)
+	typ, data, err := pl.comp.compress(newData, j.x86)
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: compressing blocks %d…: %w", j.dst[0], err)
 	}

@@ -12,6 +12,7 @@ import (
 	"sort"
 
 	um "github.com/kiln-os/kiln/build/payload/updatemetadata"
+	"github.com/kiln-os/kiln/internal/xzstream"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -456,4 +457,13 @@ func verityOf(pu *um.PartitionUpdate, newBlocks uint64) (*Verity, VerityTree, er
 	}
 	return &Verity{DataBlocks: data, HashOffset: int64(start-1) * BlockSize, TreeBlocks: tree,
 		Salt: pu.GetHashTreeSalt(), RootHash: pu.GetKilnVerityRootHash()}, mode, nil
+}
+
+// xzX86 reports whether a REPLACE_XZ operation's data starts with an .xz
+// block behind the x86 BCJ filter. Unreadable data gives false: the data
+// hash check reports it.
+func (p *Payload) xzX86(op *um.InstallOperation) bool {
+	b := make([]byte, min(op.GetDataLength(), 12+1024))
+	n, _ := p.r.ReadAt(b, p.DataOffset+int64(op.GetDataOffset()))
+	return xzstream.FirstBlockX86(b[:n])
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/kiln-os/kiln/build/tree"
+	"github.com/kiln-os/kiln/internal/xzstream"
 )
 
 // Whiteout markers of the OCI image layer format.
@@ -586,16 +587,40 @@ func Decompress(r io.Reader) (io.ReadCloser, error) {
 			return nil, err
 		}
 		return zstdReader{d}, nil
-	case bytes.HasPrefix(magic, xzMagic):
-		x, err := newXZReader(br, MaxWindow)
+	case bytes.HasPrefix(magic, xzstream.Magic):
+		x, err := xzstream.NewReader(br, MaxWindow)
 		if err != nil {
-			return nil, err
+			return nil, xzWindow(err)
 		}
-		return io.NopCloser(x), nil
+		return io.NopCloser(xzReader{x}), nil
 	case bytes.HasPrefix(magic, []byte("BZh")):
 		return io.NopCloser(bzip2.NewReader(br)), nil
 	}
 	return io.NopCloser(br), nil
+}
+
+// xzReader reports a dictionary over the limit as ErrWindow.
+type xzReader struct{ r io.Reader }
+
+func (x xzReader) Read(p []byte) (int, error) {
+	n, err := x.r.Read(p)
+	return n, xzWindow(err)
+}
+
+// xzWindow wraps xzstream's dictionary error in ErrWindow.
+func xzWindow(err error) error {
+	if errors.Is(err, xzstream.ErrDictionary) {
+		return fmt.Errorf("%w: %w", ErrWindow, err)
+	}
+	return err
+}
+
+// mib formats a size in MiB when it is a whole number of them.
+func mib(n int64) string {
+	if n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // zstdReader reports a window over the limit as ErrWindow.

@@ -145,6 +145,7 @@ func Generate(ctx context.Context, o GenerateOptions) (*payload.Plan, error) {
 		cfg.Old, cfg.OldVersion = oldImg, o.From.Manifest.Version
 	}
 	cfg.VerityTree = o.VerityTree
+	cfg.X86Filter = o.Client.DecodesX86()
 	cfg.Progress = o.Progress
 	if err := o.Client.CheckConfig(&cfg); err != nil {
 		return nil, fmt.Errorf("client %s: %w", o.Client, err)

@@ -1,4 +1,4 @@
-package source
+package xzstream
 
 import (
 	"bytes"
@@ -12,8 +12,9 @@ import (
 
 // FuzzXZ compares kiln's xz reader with ulikunitz/xz's on the same
 // input: both decode it to the same bytes, or both refuse it (kiln also
-// refuses dictionaries over MaxWindow, which that package allocates).
-// Where they disagree, the xz tool decides: kiln must do what it does.
+// refuses dictionaries over its limit, which that package allocates).
+// Where they disagree, the xz tool decides: kiln must do what it does
+// (ulikunitz/xz has no x86 BCJ filter; xz has).
 func FuzzXZ(f *testing.F) {
 	for _, c := range []struct {
 		data []byte
@@ -33,16 +34,23 @@ func FuzzXZ(f *testing.F) {
 		w.Close()
 		f.Add(buf.Bytes())
 	}
+	for _, x86 := range []bool{false, true} {
+		enc, err := Encode([]byte("\xe8\x01\x02\x03\x00 call, then \xe9\xff\xff\xff\xff jump"), Options{DictCap: 4096, X86: x86})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(enc)
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		if len(in) < 6 || !bytes.Equal(in[:6], xzMagic) {
+		if len(in) < 6 || !bytes.Equal(in[:6], Magic) {
 			return
 		}
-		x, err := newXZReader(bytes.NewReader(in), 1<<20)
+		x, err := NewReader(bytes.NewReader(in), 1<<20)
 		var got []byte
 		if err == nil {
 			got, err = io.ReadAll(io.LimitReader(x, 8<<20))
 		}
-		if errors.Is(err, ErrWindow) {
+		if errors.Is(err, ErrDictionary) {
 			return
 		}
 		r, werr := xz.NewReader(bytes.NewReader(in))

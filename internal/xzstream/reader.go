@@ -1,4 +1,10 @@
-package source
+// Package xzstream reads and writes the .xz container format: the one
+// the REPLACE_XZ operations of update_engine payloads and compressed tar
+// sources use. It decodes LZMA2 with ulikunitz/xz's LZMA2 coder, alone or
+// behind the x86 BCJ filter (update_engine's own generator filters x86
+// ELF data so), and refuses a dictionary larger than the caller allows
+// before allocating it.
+package xzstream
 
 import (
 	"bufio"
@@ -15,13 +21,13 @@ import (
 	"github.com/ulikunitz/xz/lzma"
 )
 
-// xzReader decodes the .xz container: every stream (concatenated streams
+// Reader decodes the .xz container: every stream (concatenated streams
 // and stream padding included), every block with its check, the index and
-// the footer. LZMA2 is the only filter, as in ulikunitz/xz, whose LZMA2
-// decoder it uses. Unlike that package's reader, it refuses a block whose
-// dictionary is larger than max before allocating it: the dictionary size
-// comes from the untrusted header, and a 4 GiB one took a build to 4.5 GB.
-type xzReader struct {
+// the footer. The filters are LZMA2, alone or after x86 BCJ. Unlike
+// ulikunitz/xz's reader, it refuses a block whose dictionary is larger
+// than its limit before allocating it: the dictionary size comes from the
+// untrusted header, and a 4 GiB one took a build to 4.5 GB.
+type Reader struct {
 	r   *bufio.Reader
 	max int64
 	err error
@@ -40,26 +46,36 @@ type xzReader struct {
 	wantOut    int64
 }
 
-var xzMagic = []byte{0xfd, '7', 'z', 'X', 'Z', 0}
+// Magic is the first six bytes of an .xz stream.
+var Magic = []byte{0xfd, '7', 'z', 'X', 'Z', 0}
 
 var crc64Table = crc64.MakeTable(crc64.ECMA)
 
-// errXZ marks a malformed xz stream.
-var errXZ = errors.New("xz: malformed stream")
+// ErrFormat marks a malformed xz stream.
+var ErrFormat = errors.New("xz: malformed stream")
 
-func newXZReader(r io.Reader, max int64) (*xzReader, error) {
+// errXZ is ErrFormat, by its old name in this file.
+var errXZ = ErrFormat
+
+// ErrDictionary means a block asks for a dictionary larger than the
+// reader's limit.
+var ErrDictionary = errors.New("xz: dictionary too large")
+
+// NewReader reads the stream header from r and returns a Reader of the
+// decoded data that refuses dictionaries over maxDict bytes.
+func NewReader(r io.Reader, maxDict int64) (*Reader, error) {
 	br, ok := r.(*bufio.Reader)
 	if !ok {
 		br = bufio.NewReader(r)
 	}
-	x := &xzReader{r: br, max: max}
+	x := &Reader{r: br, max: maxDict}
 	if err := x.streamHeader(); err != nil {
 		return nil, err
 	}
 	return x, nil
 }
 
-func (x *xzReader) Read(p []byte) (int, error) {
+func (x *Reader) Read(p []byte) (int, error) {
 	for x.err == nil {
 		if x.block == nil {
 			x.err = x.next()
@@ -95,12 +111,12 @@ func eof(err error) error {
 	return err
 }
 
-func (x *xzReader) streamHeader() error {
+func (x *Reader) streamHeader() error {
 	var h [12]byte
 	if _, err := io.ReadFull(x.r, h[:]); err != nil {
 		return fmt.Errorf("xz: stream header: %w", eof(err))
 	}
-	if !bytes.Equal(h[:6], xzMagic) {
+	if !bytes.Equal(h[:6], Magic) {
 		return fmt.Errorf("%w: no xz magic", errXZ)
 	}
 	if crc32.ChecksumIEEE(h[6:8]) != binary.LittleEndian.Uint32(h[8:]) {
@@ -126,7 +142,7 @@ func (x *xzReader) streamHeader() error {
 	return nil
 }
 
-func (x *xzReader) newCheck() hash.Hash {
+func (x *Reader) newCheck() hash.Hash {
 	switch x.flags[1] {
 	case 1:
 		return crc32.NewIEEE()
@@ -141,7 +157,7 @@ func (x *xzReader) newCheck() hash.Hash {
 // next reads what follows a block or a stream header: another block
 // header, or the index, footer and stream padding; at the end of the
 // input it returns io.EOF.
-func (x *xzReader) next() error {
+func (x *Reader) next() error {
 	b, err := x.r.ReadByte()
 	if err != nil {
 		return fmt.Errorf("xz: %w", eof(err))
@@ -168,7 +184,7 @@ func (x *xzReader) next() error {
 	}
 }
 
-func (x *xzReader) blockHeader(first byte) error {
+func (x *Reader) blockHeader(first byte) error {
 	size := (int(first) + 1) * 4
 	h := make([]byte, size)
 	h[0] = first
@@ -198,28 +214,45 @@ func (x *xzReader) blockHeader(first byte) error {
 		}
 		x.wantOut = int64(v)
 	}
-	if flags&3 != 0 {
-		return errors.New("xz: filters other than LZMA2 (BCJ, delta) are not supported")
+	// The filter chain: LZMA2 alone, or x86 BCJ (with no properties, or a
+	// start offset) then LZMA2.
+	var bcj *x86
+	if nf := flags&3 + 1; nf > 2 {
+		return fmt.Errorf("xz: a chain of %d filters is not supported (only LZMA2, alone or after x86 BCJ)", nf)
+	} else if nf == 2 {
+		id, rest, ok1 := uvarint(p)
+		psize, rest, ok2 := uvarint(rest)
+		if !ok1 || !ok2 || id != filterX86 || (psize != 0 && psize != 4) || uint64(len(rest)) < psize {
+			return fmt.Errorf("xz: filter %#x before LZMA2 not supported (only x86 BCJ, 0x04)", id)
+		}
+		var start uint32
+		if psize == 4 {
+			start = binary.LittleEndian.Uint32(rest)
+		}
+		bcj, p = newX86(start), rest[psize:]
 	}
 	id, p, ok1 := uvarint(p)
 	psize, p, ok2 := uvarint(p)
-	if !ok1 || !ok2 || id != 0x21 || psize != 1 || len(p) < 1 {
-		return fmt.Errorf("xz: filter %#x not supported (only LZMA2)", id)
+	if !ok1 || !ok2 || id != filterLZMA2 || psize != 1 || len(p) < 1 {
+		return fmt.Errorf("xz: filter %#x not supported (only LZMA2, alone or after x86 BCJ)", id)
 	}
 	dict, err := lzma.DecodeDictCap(p[0])
 	if err != nil {
 		return fmt.Errorf("%w: %v", errXZ, err)
 	}
 	if dict > x.max {
-		return fmt.Errorf("%w: xz dictionary of %s, the most kiln decodes is %s", ErrWindow, mib(dict), mib(x.max))
+		return fmt.Errorf("%w: xz dictionary of %s, the most kiln decodes is %s", ErrDictionary, mib(dict), mib(x.max))
 	}
 	if !bytes.Equal(p[1:], make([]byte, len(p)-1)) {
 		return fmt.Errorf("%w: block header padding", errXZ)
 	}
 	x.in = &countingReader{r: x.r}
-	lr, err := lzma.Reader2Config{DictCap: int(max(dict, lzma.MinDictCap))}.NewReader2(x.in)
-	if err != nil {
+	var lr io.Reader
+	if lr, err = (lzma.Reader2Config{DictCap: int(max(dict, lzma.MinDictCap))}).NewReader2(x.in); err != nil {
 		return fmt.Errorf("xz: %w", err)
+	}
+	if bcj != nil {
+		lr = &x86Reader{r: lr, f: bcj}
 	}
 	x.block, x.headerSize, x.check, x.out = lr, size, x.newCheck(), 0
 	return nil
@@ -227,7 +260,7 @@ func (x *xzReader) blockHeader(first byte) error {
 
 // endBlock checks a block's sizes, padding and check, and records it for
 // the index.
-func (x *xzReader) endBlock() error {
+func (x *Reader) endBlock() error {
 	comp := x.in.n
 	if x.wantIn >= 0 && comp != x.wantIn || x.wantOut >= 0 && x.out != uint64(x.wantOut) {
 		return fmt.Errorf("%w: block sizes differ from its header", errXZ)
@@ -257,7 +290,7 @@ func (x *xzReader) endBlock() error {
 
 // index reads the index (its indicator byte already read) and the stream
 // footer, and checks them against the blocks read.
-func (x *xzReader) index() error {
+func (x *Reader) index() error {
 	h := crc32.NewIEEE()
 	h.Write([]byte{0})
 	size := 1
@@ -342,4 +375,16 @@ func mib(n int64) string {
 		return fmt.Sprintf("%d MiB", n>>20)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
