@@ -22,6 +22,9 @@ type Options struct {
 	// X86 runs the x86 BCJ filter before LZMA2: smaller for x86 machine
 	// code, larger for most other data.
 	X86 bool
+	// Ulikunitz codes LZMA2 with ulikunitz/xz's encoder instead of kiln's
+	// (for comparison).
+	Ulikunitz bool
 }
 
 // Encode compresses data into one .xz stream of one block with a CRC32
@@ -55,19 +58,23 @@ func Encode(data []byte, o Options) ([]byte, error) {
 	out.Write(h)
 
 	start := out.Len()
-	w, err := lzma.Writer2Config{
-		Properties: &lzma.Properties{LC: 3, LP: 0, PB: 2},
-		DictCap:    dict,
-		BufSize:    4096,
-	}.NewWriter2(&out)
-	if err != nil {
-		return nil, fmt.Errorf("xz: %w", err)
-	}
-	if _, err := w.Write(in); err != nil {
-		return nil, fmt.Errorf("xz: %w", err)
-	}
-	if err := w.Close(); err != nil {
-		return nil, fmt.Errorf("xz: %w", err)
+	if o.Ulikunitz {
+		w, err := lzma.Writer2Config{
+			Properties: &lzma.Properties{LC: 3, LP: 0, PB: 2},
+			DictCap:    dict,
+			BufSize:    4096,
+		}.NewWriter2(&out)
+		if err != nil {
+			return nil, fmt.Errorf("xz: %w", err)
+		}
+		if _, err := w.Write(in); err != nil {
+			return nil, fmt.Errorf("xz: %w", err)
+		}
+		if err := w.Close(); err != nil {
+			return nil, fmt.Errorf("xz: %w", err)
+		}
+	} else {
+		out.Write(encodeLZMA2(nil, in, dict))
 	}
 	compressed := out.Len() - start
 	for out.Len()%4 != 0 {

@@ -1,0 +1,123 @@
+package xzstream
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"os/exec"
+	"testing"
+)
+
+// xzDecode decodes with the xz tool (liblzma), the reference decoder.
+func xzDecode(t *testing.T, enc []byte) ([]byte, error) {
+	t.Helper()
+	cmd := exec.Command("xz", "-dc")
+	cmd.Stdin = bytes.NewReader(enc)
+	return cmd.Output()
+}
+
+// structured returns n bytes with repeats at many distances and lengths,
+// literals, and runs: what exercises every symbol kind of the coder.
+func structured(rng *rand.Rand, n int) []byte {
+	b := make([]byte, 0, n)
+	for len(b) < n {
+		switch k := rng.IntN(10); {
+		case k < 3 || len(b) < 16: // literals
+			for range rng.IntN(40) + 1 {
+				b = append(b, byte(rng.IntN(256)))
+			}
+		case k < 5: // a run
+			c := byte(rng.IntN(256))
+			for range rng.IntN(600) + 1 {
+				b = append(b, c)
+			}
+		default: // a copy from earlier, near or far
+			d := 1 + rng.IntN(len(b))
+			if rng.IntN(2) == 0 {
+				d = 1 + rng.IntN(min(len(b), 64))
+			}
+			for range rng.IntN(300) + 2 {
+				b = append(b, b[len(b)-d])
+			}
+		}
+	}
+	return b[:n]
+}
+
+// TestLZMA2EncoderChunks: kiln's LZMA2 coder's streams decode with xz
+// (liblzma) to the input, for inputs that end chunks at each of LZMA2's
+// limits (2 MiB unpacked: long runs; 64 KiB packed: random data), carry
+// matches across chunks, and repeat data farther back than the
+// dictionary (which a decoder refuses to reach).
+func TestLZMA2EncoderChunks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	random := make([]byte, 300<<10)
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	far := append(bytes.Clone(random[:20000]), structured(rng, 50000)...)
+	far = append(far, random[:20000]...) // again, 70000 bytes back
+	cases := []struct {
+		name string
+		data []byte
+		dict int
+	}{
+		{"zeros 5 MiB", make([]byte, 5<<20), 1 << 20},
+		{"random 300 KiB", random, 1 << 20},
+		{"structured 3 MiB", structured(rng, 3<<20), 2 << 20},
+		{"farther than the dictionary", far, 4096},
+		{"one byte", []byte{42}, 4096},
+		{"empty", nil, 4096},
+	}
+	for _, c := range cases {
+		enc, err := Encode(c.data, Options{DictCap: c.dict})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := xzDecode(t, enc)
+		if err != nil || !bytes.Equal(got, c.data) {
+			t.Errorf("%s: xz -dc: %v, %d bytes (want %d), equal %v", c.name, err, len(got), len(c.data), bytes.Equal(got, c.data))
+		}
+		t.Logf("%s: %d → %d bytes", c.name, len(c.data), len(enc))
+	}
+}
+
+// TestLZMA2EncoderRandomInputs: many random inputs round-trip through
+// kiln's coder and Reader (ulikunitz/xz's LZMA2 decoder), and every tenth
+// through xz.
+func TestLZMA2EncoderRandomInputs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 9))
+	for i := range 200 {
+		data := structured(rng, 1+rng.IntN(100000))
+		dict := 4096 << rng.IntN(6)
+		enc, err := Encode(data, Options{DictCap: dict, X86: i%3 == 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := NewReader(bytes.NewReader(enc), 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("input %d (%d bytes, dict %d): Reader: %v, equal %v", i, len(data), dict, err, bytes.Equal(got, data))
+		}
+		if i%10 == 0 {
+			if got, err := xzDecode(t, enc); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("input %d: xz -dc: %v", i, err)
+			}
+		}
+	}
+}
+
+// TestLZMA2EncoderSmallerThanUlikunitz: on x86 code (a real program) kiln's
+// coder makes a smaller stream than ulikunitz/xz's, the reason it exists.
+func TestLZMA2EncoderSmallerThanUlikunitz(t *testing.T) {
+	data := x86Inputs(t)["bash"]
+	own, _ := Encode(data, Options{DictCap: 2 << 20, X86: true})
+	ul, _ := Encode(data, Options{DictCap: 2 << 20, X86: true, Ulikunitz: true})
+	t.Logf("%d bytes: kiln %d, ulikunitz/xz %d", len(data), len(own), len(ul))
+	if len(own) >= len(ul)*97/100 {
+		t.Errorf("kiln's coder: %d bytes, ulikunitz/xz's %d: not 3 %% smaller", len(own), len(ul))
+	}
+}
