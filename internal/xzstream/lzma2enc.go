@@ -1,6 +1,7 @@
 package xzstream
 
 import (
+	"context"
 	"encoding/binary"
 	"math/bits"
 )
@@ -470,9 +471,27 @@ func (f *matchFinder) find(pos int) (best, shorter found) {
 // that a match one byte shorter at small is the better choice.
 func changePair(small, big uint32) bool { return big>>7 > small }
 
+// AppendLZMA2 appends to dst the LZMA2 chunks coding data with a
+// dictionary of dict bytes: a dictionary reset first and no end-of-stream
+// byte, so that several such runs join into one stream. It stops with
+// ctx's error soon after ctx is done.
+func AppendLZMA2(ctx context.Context, dst, data []byte, dict int) ([]byte, error) {
+	if len(data) == 0 {
+		return dst, nil
+	}
+	out := encodeLZMA2(dst, data, dict, func() bool { return ctx.Err() != nil })
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return out[:len(out)-1], nil
+}
+
 // encodeLZMA2 appends to dst the LZMA2 coding of buf (lc 3, lp 0, pb 2,
-// dictionary dict bytes), ending with the end-of-stream byte.
-func encodeLZMA2(dst, buf []byte, dict int) []byte {
+// dictionary dict bytes), ending with the end-of-stream byte. stop, when
+// not nil, is asked at chunk boundaries (at most 2 MiB of input apart),
+// once 256 KiB of input have passed since it was last asked, whether to
+// give up: the output is then cut short.
+func encodeLZMA2(dst, buf []byte, dict int, stop func() bool) []byte {
 	if len(buf) == 0 {
 		return append(dst, 0)
 	}
@@ -497,7 +516,14 @@ func encodeLZMA2(dst, buf []byte, dict int) []byte {
 	}
 	var chunk []byte
 	pos, first := 0, true
+	nextStop := 256 << 10
 	for pos < len(buf) {
+		if stop != nil && pos >= nextStop {
+			if stop() {
+				return append(dst, 0)
+			}
+			nextStop = pos + 256<<10
+		}
 		start := pos
 		c.rc.reset(chunk[:0])
 		for pos < len(buf) && pos-start+lzmaMaxMatch <= lzma2MaxUnpacked && c.rc.pending()+lzma2PackedMargin <= lzma2MaxPacked {

@@ -74,7 +74,7 @@ func Encode(data []byte, o Options) ([]byte, error) {
 			return nil, fmt.Errorf("xz: %w", err)
 		}
 	} else {
-		out.Write(encodeLZMA2(nil, in, dict))
+		out.Write(encodeLZMA2(nil, in, dict, nil))
 	}
 	compressed := out.Len() - start
 	for out.Len()%4 != 0 {
