@@ -7,6 +7,8 @@ import (
 	"crypto/rsa"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"io"
 	"strings"
 	"testing"
@@ -312,6 +314,49 @@ func TestOpenMinorVersionRules(t *testing.T) {
 		var fe *FormatError
 		if !errors.As(err, &fe) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want a FormatError saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestXZDictionaryBounded: REPLACE_XZ data whose block header asks for a
+// dictionary over update_engine's 64 MiB is refused before the dictionary
+// is allocated; 64 MiB itself is accepted.
+func TestXZDictionaryBounded(t *testing.T) {
+	data := bytes.Repeat([]byte("bounded "), 1000)
+	enc, err := compressXZ(data, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withDict := func(code byte) []byte {
+		b := bytes.Clone(enc)
+		h := b[12:]
+		size := (int(h[0]) + 1) * 4
+		if h[1] != 0 || h[2] != 0x21 || h[3] != 1 {
+			t.Fatalf("unexpected block header % x", h[:size])
+		}
+		h[4] = code
+		binary.LittleEndian.PutUint32(h[size-4:], crc32.ChecksumIEEE(h[:size-4]))
+		return b
+	}
+	// Dictionary codes: 2^(code/2 + 12), times 1.5 for odd codes; 28 is
+	// 64 MiB, 29 96 MiB, 40 4 GiB - 1.
+	for _, c := range []struct {
+		code byte
+		ok   bool
+	}{{28, true}, {29, false}, {40, false}} {
+		r, _, err := decompressor(OpReplaceXZ, withDict(c.code), int64(len(data)))
+		if err == nil {
+			var got []byte
+			got, err = io.ReadAll(r)
+			if err == nil && !bytes.Equal(got, data) {
+				t.Fatalf("code %d: other bytes", c.code)
+			}
+		}
+		if (err == nil) != c.ok {
+			t.Errorf("dictionary code %d: err = %v, want ok %v", c.code, err, c.ok)
+		}
+		if !c.ok && !strings.Contains(fmt.Sprint(err), "dictionary") {
+			t.Errorf("dictionary code %d: %v does not name the dictionary", c.code, err)
 		}
 	}
 }
