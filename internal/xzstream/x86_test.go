@@ -32,10 +32,11 @@ func x86Inputs(t *testing.T) map[string][]byte {
 	return map[string][]byte{"bash": prog[:min(len(prog), 2<<20)], "dense": dense, "short": {0xe8, 1, 2, 3}, "five": {0xe8, 1, 2, 3, 0}}
 }
 
-// python runs a Python 3 program with data on its standard input.
+// python runs a Python 3 program with data on its standard input, with
+// Debian's python3 (its lzma module is liblzma).
 func python(t *testing.T, prog string, data []byte) []byte {
 	t.Helper()
-	cmd := exec.Command("python3", "-c", prog)
+	cmd := exec.Command("/usr/bin/python3", "-c", prog) // Debian's, which make deps installs
 	cmd.Stdin = bytes.NewReader(data)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
