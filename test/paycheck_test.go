@@ -58,6 +58,10 @@ func TestPaycheckAcceptsPayloads(t *testing.T) {
 
 			pc.accept(t, full, key+".pub", "full", "", usr2)
 			pc.accept(t, delta, key+".pub", "delta", usr1, usr2)
+			// xz-max: the LZMA2 encoder's optimal parser.
+			xzMax := filepath.Join(dir, "xz-max.payload")
+			mustRun(t, kiln, "payload", "generate", "--from", out1, "--to", out2, "-o", xzMax, "--key", key+".key", "--compression", "xz-max")
+			pc.accept(t, xzMax, key+".pub", "delta", usr1, usr2)
 			// REPLACE_BZ, the other compression every update_engine reads.
 			bz2 := filepath.Join(dir, "bz2.payload")
 			mustRun(t, kiln, "payload", "generate", "--from", out1, "--to", out2, "-o", bz2, "--key", key+".key", "--compression", "bz2")
@@ -92,18 +96,22 @@ func TestPaycheckAcceptsPayloads(t *testing.T) {
 // data behind xz's x86 BCJ filter for the client families that decode it
 // (paycheck.py's applier among them, see TestPaycheckAcceptsPayloads),
 // and kiln's own applier installs such payloads, full and delta (it
-// checks the written partition's hash). For the chromiumos family the
-// filter is not used.
+// checks the written partition's hash), with the encoder's fast parser
+// (--compression xz) and its optimal one (xz-max). For the chromiumos
+// family the filter is not used.
 func TestX86FilterPayloads(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "payload")
 	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
 	out1, out2 := paycheckReleases(t, dir, "ext4", key)
-	for _, from := range []string{"", out1} {
+	for i, from := range []string{"", out1, out1} {
 		p := filepath.Join(dir, "x86.payload")
 		args := []string{"payload", "generate", "--to", out2, "-o", p, "--key", key + ".key"}
 		if from != "" {
 			args = append(args, "--from", from)
+		}
+		if i == 2 {
+			args = append(args, "--compression", "xz-max")
 		}
 		mustRun(t, kiln, args...)
 		requireX86Filter(t, p)

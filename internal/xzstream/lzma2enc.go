@@ -479,7 +479,7 @@ func AppendLZMA2(ctx context.Context, dst, data []byte, dict int) ([]byte, error
 	if len(data) == 0 {
 		return dst, nil
 	}
-	out := encodeLZMA2(dst, data, dict, func() bool { return ctx.Err() != nil })
+	out := encodeLZMA2(dst, data, dict, func() bool { return ctx.Err() != nil }, true)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -491,29 +491,17 @@ func AppendLZMA2(ctx context.Context, dst, data []byte, dict int) ([]byte, error
 // not nil, is asked at chunk boundaries (at most 2 MiB of input apart),
 // once 256 KiB of input have passed since it was last asked, whether to
 // give up: the output is then cut short.
-func encodeLZMA2(dst, buf []byte, dict int, stop func() bool) []byte {
+func encodeLZMA2(dst, buf []byte, dict int, stop func() bool, fast bool) []byte {
 	if len(buf) == 0 {
 		return append(dst, 0)
 	}
 	c := &lzmaEncoder{buf: buf}
 	c.m.reset()
-	f := newMatchFinder(buf, dict, 64, 273)
-	// Lookahead: the match found at pos+1 while deciding pos.
-	var ahead, aheadShort found
-	aheadAt := -1
-	findAt := func(p int) (found, found) {
-		if p == aheadAt {
-			return ahead, aheadShort
-		}
-		return f.find(p)
+	var p parser = newOptimalParser(c, dict)
+	if fast {
+		p = newFastParser(c, dict)
 	}
-	repLen := func(p int, r int, limit int) int {
-		d := int(c.m.reps[r]) + 1
-		if d > p {
-			return 0
-		}
-		return matchLen(buf, p, p-d, limit)
-	}
+	var queue []symbol
 	var chunk []byte
 	pos, first := 0, true
 	nextStop := 256 << 10
@@ -527,86 +515,23 @@ func encodeLZMA2(dst, buf []byte, dict int, stop func() bool) []byte {
 		start := pos
 		c.rc.reset(chunk[:0])
 		for pos < len(buf) && pos-start+lzmaMaxMatch <= lzma2MaxUnpacked && c.rc.pending()+lzma2PackedMargin <= lzma2MaxPacked {
-			limit := min(len(buf)-pos, lzmaMaxMatch)
-			main, shorter := findAt(pos)
-			// The repeat distances: the longest match at one of them.
-			bestRep, bestRepLen := 0, 0
-			for r := range 4 {
-				if l := repLen(pos, r, limit); l > bestRepLen {
-					bestRep, bestRepLen = r, l
-				}
+			if len(queue) == 0 {
+				queue = p.next(pos, queue[:0])
 			}
-			if bestRepLen >= f.nice || bestRepLen >= 2 && bestRepLen >= int(main.l) {
-				c.rep(pos, bestRep, uint32(bestRepLen))
-				f.insert(pos + bestRepLen)
-				pos += bestRepLen
-				continue
-			}
-			if main.l >= uint32(f.nice) {
-				c.match(pos, main.dist, main.l)
-				f.insert(pos + int(main.l))
-				pos += int(main.l)
-				continue
-			}
-			if shorter.l >= 2 && changePair(shorter.dist, main.dist) {
-				main = shorter
-			}
-			if main.l == 2 && main.dist >= 0x80 {
-				main = found{}
-			}
-			if bestRepLen >= 2 && (bestRepLen+1 >= int(main.l) ||
-				bestRepLen+2 >= int(main.l) && main.dist >= 1<<9 ||
-				bestRepLen+3 >= int(main.l) && main.dist >= 1<<15) {
-				c.rep(pos, bestRep, uint32(bestRepLen))
-				f.insert(pos + bestRepLen)
-				pos += bestRepLen
-				continue
-			}
-			if main.l < 2 || limit <= 2 {
-				c.literalOrShortRep(pos)
-				pos++
-				continue
-			}
-			// One step of lazy evaluation: a better match at the next
-			// byte makes this one a literal.
-			ahead, aheadShort = f.find(pos + 1)
-			aheadAt = pos + 1
-			if n := ahead; n.l >= 2 && (n.l >= main.l && n.dist < main.dist ||
-				n.l == main.l+1 && !changePair(main.dist, n.dist) ||
-				n.l > main.l+1 ||
-				n.l+1 >= main.l && main.l >= 3 && changePair(n.dist, main.dist)) {
-				c.literalOrShortRep(pos)
-				pos++
-				continue
-			}
-			cut := max(int(main.l)-1, 2)
-			lazyRep := false
-			for r := range 4 {
-				if repLen(pos+1, r, min(cut, len(buf)-pos-1)) >= cut {
-					lazyRep = true
-					break
-				}
-			}
-			if lazyRep {
-				c.literalOrShortRep(pos)
-				pos++
-				continue
-			}
-			c.match(pos, main.dist, main.l)
-			f.insert(pos + int(main.l))
-			pos += int(main.l)
+			pos += c.emit(pos, queue[0])
+			queue = queue[1:]
 		}
 		c.rc.flush()
 		chunk = c.rc.out
 		// Chunk header: control (LZMA; reset of dictionary, state and
 		// properties on the first chunk, nothing after), unpacked and
 		// packed sizes minus one, big-endian.
-		u, p := pos-start-1, len(chunk)-1
+		u, pk := pos-start-1, len(chunk)-1
 		control := byte(0x80)
 		if first {
 			control = 0xe0
 		}
-		dst = append(dst, control|byte(u>>16), byte(u>>8), byte(u), byte(p>>8), byte(p))
+		dst = append(dst, control|byte(u>>16), byte(u>>8), byte(u), byte(pk>>8), byte(pk))
 		if first {
 			dst = append(dst, lzmaProps)
 			first = false
@@ -616,14 +541,176 @@ func encodeLZMA2(dst, buf []byte, dict int, stop func() bool) []byte {
 	return append(dst, 0)
 }
 
-// literalOrShortRep codes the byte at pos as a literal, or as a one-byte
+// symbol is one coded unit: a literal, a match, or a match at one of the
+// last four distances ("rep"; length 1 at rep 0 is a short rep).
+type symbol struct {
+	kind uint8 // symLiteral, symMatch or symRep
+	rep  uint8
+	l    uint32
+	dist uint32 // of a match, minus one
+}
+
+const (
+	symLiteral = iota
+	symMatch
+	symRep
+)
+
+// emit codes s at pos and returns its length.
+func (c *lzmaEncoder) emit(pos int, s symbol) int {
+	switch s.kind {
+	case symMatch:
+		c.match(pos, s.dist, s.l)
+	case symRep:
+		c.rep(pos, int(s.rep), s.l)
+	default:
+		c.literal(pos)
+		return 1
+	}
+	return int(s.l)
+}
+
+// parser chooses the symbols from pos on: at least one, appended to out.
+// The symbols are coded before it is asked again, so it may read the
+// coder's state.
+type parser interface {
+	next(pos int, out []symbol) []symbol
+}
+
+// fastParser chooses one symbol at a time, as xz's fast mode does.
+type fastParser struct {
+	c                 *lzmaEncoder
+	f                 *matchFinder
+	ahead, aheadShort found // the match at aheadAt, found while deciding aheadAt-1
+	aheadAt           int
+}
+
+func newFastParser(c *lzmaEncoder, dict int) *fastParser {
+	return &fastParser{c: c, f: newMatchFinder(c.buf, dict, 64, 273), aheadAt: -1}
+}
+
+func (fp *fastParser) findAt(p int) (found, found) {
+	if p == fp.aheadAt {
+		return fp.ahead, fp.aheadShort
+	}
+	return fp.f.find(p)
+}
+
+// repLen is the length of the match at pos at rep distance r, up to limit.
+func (c *lzmaEncoder) repLen(pos, r, limit int) int {
+	d := int(c.m.reps[r]) + 1
+	if d > pos {
+		return 0
+	}
+	return matchLen(c.buf, pos, pos-d, limit)
+}
+
+func (fp *fastParser) next(pos int, out []symbol) []symbol {
+	c, f, buf := fp.c, fp.f, fp.c.buf
+	take := func(s symbol) []symbol {
+		if s.kind != symLiteral {
+			f.insert(pos + int(s.l))
+		}
+		return append(out, s)
+	}
+	limit := min(len(buf)-pos, lzmaMaxMatch)
+	main, shorter := fp.findAt(pos)
+	// The repeat distances: the longest match at one of them.
+	bestRep, bestRepLen := 0, 0
+	for r := range 4 {
+		if l := c.repLen(pos, r, limit); l > bestRepLen {
+			bestRep, bestRepLen = r, l
+		}
+	}
+	repSym := symbol{kind: symRep, rep: uint8(bestRep), l: uint32(bestRepLen)}
+	if bestRepLen >= f.nice || bestRepLen >= 2 && bestRepLen >= int(main.l) {
+		return take(repSym)
+	}
+	if main.l >= uint32(f.nice) {
+		return take(symbol{kind: symMatch, l: main.l, dist: main.dist})
+	}
+	if shorter.l >= 2 && changePair(shorter.dist, main.dist) {
+		main = shorter
+	}
+	if main.l == 2 && main.dist >= 0x80 {
+		main = found{}
+	}
+	if bestRepLen >= 2 && (bestRepLen+1 >= int(main.l) ||
+		bestRepLen+2 >= int(main.l) && main.dist >= 1<<9 ||
+		bestRepLen+3 >= int(main.l) && main.dist >= 1<<15) {
+		return take(repSym)
+	}
+	if main.l < 2 || limit <= 2 {
+		return take(c.literalOrShortRep(pos))
+	}
+	// One step of lazy evaluation: a better match at the next byte makes
+	// this one a literal.
+	fp.ahead, fp.aheadShort = f.find(pos + 1)
+	fp.aheadAt = pos + 1
+	if n := fp.ahead; n.l >= 2 && (n.l >= main.l && n.dist < main.dist ||
+		n.l == main.l+1 && !changePair(main.dist, n.dist) ||
+		n.l > main.l+1 ||
+		n.l+1 >= main.l && main.l >= 3 && changePair(n.dist, main.dist)) {
+		return take(c.literalOrShortRep(pos))
+	}
+	cut := max(int(main.l)-1, 2)
+	for r := range 4 {
+		if c.repLen(pos+1, r, min(cut, len(buf)-pos-1)) >= cut {
+			return take(c.literalOrShortRep(pos))
+		}
+	}
+	return take(symbol{kind: symMatch, l: main.l, dist: main.dist})
+}
+
+// literalOrShortRep chooses for the byte at pos a literal, or a one-byte
 // match at the last distance when it is that byte and a match came just
 // before (where a literal would be coded against it anyway).
-func (c *lzmaEncoder) literalOrShortRep(pos int) {
+func (c *lzmaEncoder) literalOrShortRep(pos int) symbol {
 	d := int(c.m.reps[0]) + 1
 	if c.m.state >= 7 && d <= pos && c.buf[pos] == c.buf[pos-d] {
-		c.rep(pos, 0, 1)
-		return
+		return symbol{kind: symRep, l: 1}
 	}
-	c.literal(pos)
+	return symbol{kind: symLiteral}
+}
+
+// findAll inserts the positions before pos and appends to out the matches
+// at pos that are longer than every nearer one (so their lengths rise
+// with their distances), stopping at the nice length.
+func (f *matchFinder) findAll(pos int, out []found) []found {
+	f.insert(pos)
+	defer f.insert(pos + 1)
+	limit := min(len(f.buf)-pos, lzmaMaxMatch)
+	if limit < lzmaMinMatch {
+		return out
+	}
+	best := lzmaMinMatch - 1
+	consider := func(cand int) bool {
+		d := pos - cand
+		if cand < 0 || d <= 0 || d > f.dict {
+			return false
+		}
+		l := matchLen(f.buf, pos, cand, limit)
+		if l > best {
+			best = l
+			out = append(out, found{uint32(l), uint32(d - 1)})
+		}
+		return l >= f.nice || l == limit
+	}
+	if limit >= 3 && consider(int(f.head3[hash3(f.buf[pos:])])) {
+		return out
+	}
+	if limit >= 4 {
+		cand := int(f.head4[hash4(f.buf[pos:])])
+		for range f.depth {
+			if cand < 0 || pos-cand > f.dict || consider(cand) {
+				break
+			}
+			next := int(f.chain[cand&f.mask])
+			if next >= cand {
+				break
+			}
+			cand = next
+		}
+	}
+	return out
 }

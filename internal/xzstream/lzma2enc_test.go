@@ -70,15 +70,17 @@ func TestLZMA2EncoderChunks(t *testing.T) {
 		{"empty", nil, 4096},
 	}
 	for _, c := range cases {
-		enc, err := Encode(c.data, Options{DictCap: c.dict})
-		if err != nil {
-			t.Fatal(err)
+		for _, fast := range []bool{true, false} {
+			enc, err := Encode(c.data, Options{DictCap: c.dict, Fast: fast})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := xzDecode(t, enc)
+			if err != nil || !bytes.Equal(got, c.data) {
+				t.Errorf("%s (fast parser %v): xz -dc: %v, %d bytes (want %d), equal %v", c.name, fast, err, len(got), len(c.data), bytes.Equal(got, c.data))
+			}
+			t.Logf("%s (fast parser %v): %d → %d bytes", c.name, fast, len(c.data), len(enc))
 		}
-		got, err := xzDecode(t, enc)
-		if err != nil || !bytes.Equal(got, c.data) {
-			t.Errorf("%s: xz -dc: %v, %d bytes (want %d), equal %v", c.name, err, len(got), len(c.data), bytes.Equal(got, c.data))
-		}
-		t.Logf("%s: %d → %d bytes", c.name, len(c.data), len(enc))
 	}
 }
 
@@ -90,7 +92,7 @@ func TestLZMA2EncoderRandomInputs(t *testing.T) {
 	for i := range 200 {
 		data := structured(rng, 1+rng.IntN(100000))
 		dict := 4096 << rng.IntN(6)
-		enc, err := Encode(data, Options{DictCap: dict, X86: i%3 == 0})
+		enc, err := Encode(data, Options{DictCap: dict, X86: i%3 == 0, Fast: i%2 == 0})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,14 +112,19 @@ func TestLZMA2EncoderRandomInputs(t *testing.T) {
 	}
 }
 
-// TestLZMA2EncoderSmallerThanUlikunitz: on x86 code (a real program) kiln's
-// coder makes a smaller stream than ulikunitz/xz's, the reason it exists.
-func TestLZMA2EncoderSmallerThanUlikunitz(t *testing.T) {
+// TestLZMA2EncoderSmaller: on x86 code (a real program) kiln's fast
+// parser makes a smaller stream than ulikunitz/xz's encoder, the reason it
+// exists, and the optimal parser a smaller one than the fast parser.
+func TestLZMA2EncoderSmaller(t *testing.T) {
 	data := x86Inputs(t)["bash"]
-	own, _ := Encode(data, Options{DictCap: 2 << 20, X86: true})
+	opt, _ := Encode(data, Options{DictCap: 2 << 20, X86: true})
+	fast, _ := Encode(data, Options{DictCap: 2 << 20, X86: true, Fast: true})
 	ul, _ := Encode(data, Options{DictCap: 2 << 20, X86: true, Ulikunitz: true})
-	t.Logf("%d bytes: kiln %d, ulikunitz/xz %d", len(data), len(own), len(ul))
-	if len(own) >= len(ul)*97/100 {
-		t.Errorf("kiln's coder: %d bytes, ulikunitz/xz's %d: not 3 %% smaller", len(own), len(ul))
+	t.Logf("%d bytes: kiln optimal %d, kiln fast %d, ulikunitz/xz %d", len(data), len(opt), len(fast), len(ul))
+	if len(fast) >= len(ul)*97/100 {
+		t.Errorf("kiln's fast parser: %d bytes, ulikunitz/xz's %d: not 3 %% smaller", len(fast), len(ul))
+	}
+	if len(opt) >= len(fast)*99/100 {
+		t.Errorf("kiln's optimal parser: %d bytes, the fast one %d: not 1 %% smaller", len(opt), len(fast))
 	}
 }

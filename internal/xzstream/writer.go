@@ -25,6 +25,9 @@ type Options struct {
 	// Ulikunitz codes LZMA2 with ulikunitz/xz's encoder instead of kiln's
 	// (for comparison).
 	Ulikunitz bool
+	// Fast chooses kiln's fast parser (xz's fast mode) over its optimal
+	// one.
+	Fast bool
 }
 
 // Encode compresses data into one .xz stream of one block with a CRC32
@@ -74,7 +77,7 @@ func Encode(data []byte, o Options) ([]byte, error) {
 			return nil, fmt.Errorf("xz: %w", err)
 		}
 	} else {
-		out.Write(encodeLZMA2(nil, in, dict, nil))
+		out.Write(encodeLZMA2(nil, in, dict, nil, o.Fast))
 	}
 	compressed := out.Len() - start
 	for out.Len()%4 != 0 {
