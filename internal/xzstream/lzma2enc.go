@@ -497,11 +497,14 @@ func encodeLZMA2(dst, buf []byte, dict int, stop func() bool, fast bool) []byte 
 	}
 	c := &lzmaEncoder{buf: buf}
 	c.m.reset()
-	var p parser = newOptimalParser(c, dict)
+	var p parser
 	if fast {
 		p = newFastParser(c, dict)
+	} else {
+		p = newOptimalParser(c, dict)
 	}
-	var queue []symbol
+	var queue []symbol // symbols chosen, queue[next:] not yet coded
+	next := 0
 	var chunk []byte
 	pos, first := 0, true
 	nextStop := 256 << 10
@@ -515,11 +518,11 @@ func encodeLZMA2(dst, buf []byte, dict int, stop func() bool, fast bool) []byte 
 		start := pos
 		c.rc.reset(chunk[:0])
 		for pos < len(buf) && pos-start+lzmaMaxMatch <= lzma2MaxUnpacked && c.rc.pending()+lzma2PackedMargin <= lzma2MaxPacked {
-			if len(queue) == 0 {
-				queue = p.next(pos, queue[:0])
+			if next == len(queue) {
+				queue, next = p.next(pos, queue[:0]), 0
 			}
-			pos += c.emit(pos, queue[0])
-			queue = queue[1:]
+			pos += c.emit(pos, queue[next])
+			next++
 		}
 		c.rc.flush()
 		chunk = c.rc.out
