@@ -202,11 +202,13 @@ done
 OLD=$W/d/out1/usr.img NEW=$W/d/out2/usr.img
 export OLD NEW
 kiln_delta() { "$KILN" payload generate --from "$W/d/out1" --to "$W/d/out2" -o "$W/d/delta.payload" --key "$W/d/rk.key"; }
+kiln_delta_max() { "$KILN" payload generate --from "$W/d/out1" --to "$W/d/out2" -o "$W/d/delta-max.payload" --key "$W/d/rk.key" --compression xz-max; }
 zstd_delta() { zstd -q -f -19 --long=31 --patch-from="$OLD" "$NEW" -o "$W/d/delta.zst"; }
 xdelta_delta() { xdelta3 -f -9 -e -s "$OLD" "$NEW" "$W/d/delta.xd3"; }
-export -f kiln_delta zstd_delta xdelta_delta
+export -f kiln_delta kiln_delta_max zstd_delta xdelta_delta
 RUNS_SAVED=$RUNS; RUNS=1
 timeit kiln-delta kiln_delta
+timeit kiln-delta-max kiln_delta_max
 timeit zstd-delta zstd_delta
 timeit xdelta-delta xdelta_delta
 bsdiff_state="timed out after 300 s"
@@ -245,6 +247,7 @@ Delta payloads between two releases ($release2; ext4 USR in a 1 GiB slot; kiln's
 | | size | time | peak RSS |
 |---|---|---|---|
 | kiln payload generate (delta, signed) | $(size "$W/d/delta.payload") B | $(s kiln-delta) s | $(mb kiln-delta) MiB |
+| … with --compression xz-max (the optimal parser) | $(size "$W/d/delta-max.payload") B | $(s kiln-delta-max) s | $(mb kiln-delta-max) MiB |
 | zstd -19 --long=31 --patch-from | $(size "$W/d/delta.zst") B | $(s zstd-delta) s | $(mb zstd-delta) MiB |
 | xdelta3 -9 | $(size "$W/d/delta.xd3") B | $(s xdelta-delta) s | $(mb xdelta-delta) MiB |
 | bsdiff (whole image) | $bsdiff_state | | |
