@@ -35,8 +35,9 @@ const (
 	// about twice as fast to generate as xz, and a little larger.
 	CompressionBZ2
 	// CompressionXZMax uses REPLACE_XZ only, as CompressionXZ, with the
-	// LZMA2 encoder's optimal parser instead of its fast one: on make
-	// bench's Debian update about 4 % smaller, in about twice the time.
+	// LZMA2 encoder's optimal parser, a binary-tree match finder, a 32 MiB
+	// dictionary and 48 MiB solid runs instead of the fast parser, 2 MiB
+	// and 8 MiB: smaller, slower, and more memory (see docs/payloads.md).
 	CompressionXZMax
 )
 
@@ -91,21 +92,49 @@ func (z *compressor) close() {
 	}
 }
 
+// Dictionary sizes of the two xz modes. The fast parser's hash chains
+// gain little from a larger one: on make bench's Debian update an 8 MiB
+// dictionary on its 8 MiB solid runs made the delta 0.1 % smaller,
+// planning about 20 % slower and the peak memory 50 % larger. The optimal
+// parser's binary tree does find the far matches: on the same update
+// (48 MiB solid runs) a 12, 16 and 32 MiB dictionary made the xz-max delta
+// 20.46, 20.24 and 20.15 MB. The tree costs 8 bytes a byte of dictionary,
+// so one such run is coded at a time (see xzMemory), its match finder on
+// the second core.
+const (
+	fastXZDict    = 2 << 20
+	optimalXZDict = 32 << 20
+)
+
 // compressXZ compresses b into an .xz stream, behind the x86 BCJ filter
 // when x86 is set, with the encoder's optimal parser when optimal is set.
-func compressXZ(b []byte, x86, optimal bool) ([]byte, error) {
-	// A dictionary of at most 2 MiB: on make bench's Debian update, an 8 MiB
-	// one on the 8 MiB solid runs made the delta 0.1 % smaller, planning
-	// about 20 % slower and the peak memory 50 % larger.
-	return xzstream.Encode(b, xzstream.Options{DictCap: min(len(b), 2<<20), X86: x86, Fast: !optimal})
+// scratch lets it overwrite b.
+func compressXZ(b []byte, x86, optimal, scratch bool) ([]byte, error) {
+	dict := fastXZDict
+	if optimal {
+		dict = optimalXZDict
+	}
+	return xzstream.Encode(b, xzstream.Options{DictCap: min(len(b), dict), X86: x86, Fast: !optimal, AheadFinder: optimal, Overwrite: scratch})
+}
+
+// xzMemory is about what compressXZ holds to compress n bytes (the data
+// included): the fast parser's hash chains and output, or the optimal
+// parser's binary tree (8 bytes a position of its dictionary), hash heads
+// and output.
+func xzMemory(n int64, optimal bool) int64 {
+	if !optimal {
+		return 4 * n
+	}
+	return n + n/3 + 8*min(n, optimalXZDict) + 32<<20
 }
 
 // compress returns the smallest encoding of b that z.c allows: the
 // operation type and its data. Data that no compressor shrinks is a plain
 // REPLACE, as update_engine expects. x86 says b is mostly x86 machine
 // code: xz then filters it with x86 BCJ first (where z allows it), as
-// update_engine's own generator does for x86 ELF files.
-func (z *compressor) compress(b []byte, x86 bool) (OpType, []byte, error) {
+// update_engine's own generator does for x86 ELF files. scratch says the
+// caller no longer needs b: it may be overwritten.
+func (z *compressor) compress(b []byte, x86, scratch bool) (OpType, []byte, error) {
 	c := z.c
 	typ, best := OpReplace, b
 	if z.zstd != nil {
@@ -119,7 +148,7 @@ func (z *compressor) compress(b []byte, x86 bool) (OpType, []byte, error) {
 		}
 	}
 	if c == CompressionAuto || c == CompressionXZ || c == CompressionXZMax {
-		x, err := compressXZ(b, x86 && z.x86, c == CompressionXZMax)
+		x, err := compressXZ(b, x86 && z.x86, c == CompressionXZMax, scratch)
 		if err != nil {
 			return 0, nil, fmt.Errorf("xz: %w", err)
 		}

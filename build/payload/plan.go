@@ -73,6 +73,11 @@ const (
 	// make bench's Debian update 4 MiB runs made the delta 0.8 % larger;
 	// 16 MiB runs were no smaller and took more memory.
 	solidBlocks = 2048
+	// solidBlocksMax is the size of one solid run with CompressionXZMax
+	// (48 MiB), whose parser and dictionary find matches that far apart:
+	// on make bench's Debian update (each kind of file then one run) 32 MiB
+	// runs made the xz-max delta 0.7 % larger.
+	solidBlocksMax = 12288
 	// copyBlocks caps one SOURCE_COPY operation (Apply buffers it).
 	copyBlocks = 1024
 	// zeroBlocks caps one ZERO operation.
@@ -400,7 +405,7 @@ func (pl *planner) compressZeros(n int) (OpType, []byte, error) {
 	if z, ok := pl.zeroRuns[n]; ok {
 		return z.typ, z.data, nil
 	}
-	typ, data, err := pl.comp.compress(make([]byte, n*BlockSize), false)
+	typ, data, err := pl.comp.compress(make([]byte, n*BlockSize), false, true)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -636,6 +641,10 @@ func (pl *planner) solidJobs(m *blockmap.Map) []job {
 	})
 	// A run holds x86 ELF files only, or none: the x86 BCJ filter helps
 	// the one and hurts the other.
+	size := solidBlocks
+	if pl.cfg.Compression == CompressionXZMax {
+		size = solidBlocksMax
+	}
 	var jobs []job
 	var cur []uint32
 	x86 := false
@@ -647,7 +656,7 @@ func (pl *planner) solidJobs(m *blockmap.Map) []job {
 		x86 = r.x86
 		for _, b := range r.blocks {
 			cur = append(cur, b)
-			if len(cur) == solidBlocks {
+			if len(cur) == size {
 				jobs = append(jobs, job{dst: cur, x86: x86})
 				cur = nil
 			}
@@ -852,7 +861,7 @@ func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, e
 			defer wg.Done()
 			for i := range next {
 				j := jobs[i]
-				cost := int64(len(j.dst)) * BlockSize * 4
+				cost := xzMemory(int64(len(j.dst))*BlockSize, pl.cfg.Compression == CompressionXZMax)
 				if j.src != nil {
 					cost += int64(len(j.src)) * BlockSize * 6
 				}
@@ -903,7 +912,7 @@ func (pl *planner) generate(j job) (Op, []byte, error) {
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: new image: %w", err)
 	}
-	typ, data, err := pl.comp.compress(newData, j.x86)
+	typ, data, err := pl.comp.compress(newData, j.x86, j.src == nil)
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: compressing blocks %d…: %w", j.dst[0], err)
 	}

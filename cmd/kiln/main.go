@@ -9,12 +9,23 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
+
+// memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
+// otherwise: kiln's working sets stay below it (payload generate's
+// --compression xz-max holds one encoder of up to 350 MiB), and without it
+// the garbage of finished operations let the process grow to 640 MiB
+// before the collector ran.
+const memoryLimit = 400 << 20
 
 func main() {
 	if os.Getpid() == 1 {
 		bootInit() // never returns
+	}
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		debug.SetMemoryLimit(memoryLimit)
 	}
 	// SIGINT or SIGTERM cancels the command's context: it stops within
 	// about a second, removes what it had not finished, and exits 130 or

@@ -479,7 +479,7 @@ func AppendLZMA2(ctx context.Context, dst, data []byte, dict int) ([]byte, error
 	if len(data) == 0 {
 		return dst, nil
 	}
-	out := encodeLZMA2(dst, data, dict, func() bool { return ctx.Err() != nil }, true)
+	out := encodeLZMA2(dst, data, dict, func() bool { return ctx.Err() != nil }, true, false)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -487,11 +487,13 @@ func AppendLZMA2(ctx context.Context, dst, data []byte, dict int) ([]byte, error
 }
 
 // encodeLZMA2 appends to dst the LZMA2 coding of buf (lc 3, lp 0, pb 2,
-// dictionary dict bytes), ending with the end-of-stream byte. stop, when
+// dictionary dict bytes), ending with the end-of-stream byte, with the
+// fast parser or the optimal one (its match finder on a goroutine of its
+// own when ahead is set). stop, when
 // not nil, is asked at chunk boundaries (at most 2 MiB of input apart),
 // once 256 KiB of input have passed since it was last asked, whether to
 // give up: the output is then cut short.
-func encodeLZMA2(dst, buf []byte, dict int, stop func() bool, fast bool) []byte {
+func encodeLZMA2(dst, buf []byte, dict int, stop func() bool, fast, ahead bool) []byte {
 	if len(buf) == 0 {
 		return append(dst, 0)
 	}
@@ -501,8 +503,9 @@ func encodeLZMA2(dst, buf []byte, dict int, stop func() bool, fast bool) []byte 
 	if fast {
 		p = newFastParser(c, dict)
 	} else {
-		p = newOptimalParser(c, dict)
+		p = newOptimalParser(c, dict, ahead)
 	}
+	defer p.close()
 	var queue []symbol // symbols chosen, queue[next:] not yet coded
 	next := 0
 	var chunk []byte
@@ -578,6 +581,8 @@ func (c *lzmaEncoder) emit(pos int, s symbol) int {
 // coder's state.
 type parser interface {
 	next(pos int, out []symbol) []symbol
+	// close ends the parser's work ahead, if any.
+	close()
 }
 
 // fastParser chooses one symbol at a time, as xz's fast mode does.
@@ -591,6 +596,8 @@ type fastParser struct {
 func newFastParser(c *lzmaEncoder, dict int) *fastParser {
 	return &fastParser{c: c, f: newMatchFinder(c.buf, dict, 64, 273), aheadAt: -1}
 }
+
+func (fp *fastParser) close() {}
 
 func (fp *fastParser) findAt(p int) (found, found) {
 	if p == fp.aheadAt {

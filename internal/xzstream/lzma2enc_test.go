@@ -48,7 +48,8 @@ func structured(rng *rand.Rand, n int) []byte {
 // (liblzma) to the input, for inputs that end chunks at each of LZMA2's
 // limits (2 MiB unpacked: long runs; 64 KiB packed: random data), carry
 // matches across chunks, and repeat data farther back than the
-// dictionary (which a decoder refuses to reach).
+// dictionary (which a decoder refuses to reach); the optimal parser makes
+// the same stream with its match finder on a goroutine of its own.
 func TestLZMA2EncoderChunks(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 7))
 	random := make([]byte, 300<<10)
@@ -78,6 +79,16 @@ func TestLZMA2EncoderChunks(t *testing.T) {
 			got, err := xzDecode(t, enc)
 			if err != nil || !bytes.Equal(got, c.data) {
 				t.Errorf("%s (fast parser %v): xz -dc: %v, %d bytes (want %d), equal %v", c.name, fast, err, len(got), len(c.data), bytes.Equal(got, c.data))
+			}
+			if !fast {
+				// The match finder on its own goroutine: the same stream.
+				ahead, err := Encode(c.data, Options{DictCap: c.dict, AheadFinder: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(ahead, enc) {
+					t.Errorf("%s: the optimal parser's stream differs with AheadFinder (%d bytes, %d without)", c.name, len(ahead), len(enc))
+				}
 			}
 			t.Logf("%s (fast parser %v): %d → %d bytes", c.name, fast, len(c.data), len(enc))
 		}

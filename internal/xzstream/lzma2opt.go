@@ -13,6 +13,14 @@ const (
 	infinity    = math.MaxUint32 / 2
 	optWindow   = 2048 // positions planned at once
 	refreshBits = 1024 // bytes coded between two refreshes of the price tables
+	// optDepth and optNice bound the tree match finder's walk (nodes a
+	// position) and the match length that ends the search. Against 32 and
+	// 64 (xz -6..-9 use 48 and 64): a depth of 48 made make bench's xz-max
+	// delta 0.02 % smaller in 17 % more time; a nice length of 273 (xz
+	// -9e's) made 16 MiB of its x86 code 0.8 % and of its other files 0.3 %
+	// smaller, in 12 % more time.
+	optDepth = 32
+	optNice  = 273
 )
 
 // bitPrices[p>>4] is the cost of a 0 bit coded with probability p.
@@ -112,11 +120,13 @@ func (t *prices) distPrice(dist, l uint32) uint32 {
 	return t.slot[ls][posSlotOf(dist)] + t.align[dist&(1<<lzmaAlignBits-1)]
 }
 
-// node is the cheapest known way to reach a position of the window.
+// node is the cheapest known way to reach a position of the window: the
+// node before it and the one to three symbols from there.
 type node struct {
 	price uint32
-	from  int32 // the position before the symbol
-	sym   symbol
+	from  int32 // the position before the symbols
+	syms  [3]symbol
+	nSyms uint8
 	state uint32
 	reps  [4]uint32
 }
@@ -124,7 +134,8 @@ type node struct {
 // optimalParser plans windows of up to optWindow positions.
 type optimalParser struct {
 	c       *lzmaEncoder
-	f       *matchFinder
+	f       *treeFinder
+	src     matchSource
 	t       prices
 	nodes   []node
 	matches []found
@@ -135,31 +146,74 @@ type optimalParser struct {
 // relax records the symbol s from node from to node to when it is the
 // cheapest way there yet.
 func (op *optimalParser) relax(from, to int, price uint32, s symbol) {
-	n := op.nodes
+	op.relaxSeq(from, to, price, [3]symbol{s}, 1)
+}
+
+// relaxSeq records the symbols seq[:n] from node from to node to when
+// they are the cheapest way there yet.
+func (op *optimalParser) relaxSeq(from, to int, price uint32, seq [3]symbol, n int) {
+	nodes := op.nodes
 	for op.last < to {
 		op.last++
-		n[op.last].price = infinity
+		nodes[op.last].price = infinity
 	}
-	nd := &n[to]
+	nd := &nodes[to]
 	if price >= nd.price {
 		return
 	}
-	nd.price, nd.from, nd.sym = price, int32(from), s
-	src := &n[from]
-	nd.state = nextState(src.state, s.kind, s.l)
-	nd.reps = src.reps
-	switch {
-	case s.kind == symMatch:
-		nd.reps = [4]uint32{s.dist, src.reps[0], src.reps[1], src.reps[2]}
-	case s.kind == symRep && s.rep > 0:
-		d := nd.reps[s.rep]
-		copy(nd.reps[1:s.rep+1], src.reps[:s.rep])
-		nd.reps[0] = d
+	src := &nodes[from]
+	nd.price, nd.from, nd.syms, nd.nSyms = price, int32(from), seq, uint8(n)
+	nd.state, nd.reps = src.state, src.reps
+	for _, s := range seq[:n] {
+		nd.state = nextState(nd.state, s.kind, s.l)
+		switch {
+		case s.kind == symMatch:
+			nd.reps = [4]uint32{s.dist, nd.reps[0], nd.reps[1], nd.reps[2]}
+		case s.kind == symRep && s.rep > 0:
+			d := nd.reps[s.rep]
+			copy(nd.reps[1:s.rep+1], nd.reps[:s.rep])
+			nd.reps[0] = d
+		}
 	}
 }
 
-func newOptimalParser(c *lzmaEncoder, dict int) *optimalParser {
-	return &optimalParser{c: c, f: newMatchFinder(c.buf, dict, 16, 64), nodes: make([]node, optWindow+lzmaMaxMatch+1)}
+// literalRep0 tries, after the symbols that end at position p in state s
+// with last distance rep0+1 (reached from node i of the window at base
+// at price), a literal at
+// p and a match at rep0 from p+1: the way past one changed byte (a
+// changed constant in code, a changed digit in text) that a path keeping
+// only the cheapest way to p+1 would lose. seq[:n] are the symbols before.
+func (op *optimalParser) literalRep0(base, i, p int, price, s, rep0 uint32, seq [3]symbol, n int) {
+	buf := op.c.buf
+	d := int(rep0) + 1
+	q := p + 1
+	if d > p || q >= len(buf) {
+		return
+	}
+	l := matchLen(buf, q, q-d, min(len(buf)-q, optNice))
+	if l < lzmaMinMatch {
+		return
+	}
+	price += op.literalPrice(p, s, rep0)
+	s = nextState(s, symLiteral, 0)
+	posState := uint32(q) & (lzmaPosStates - 1)
+	price += op.repPrice(0, s, posState) + op.t.repLen[posState][l]
+	seq[n], seq[n+1] = symbol{kind: symLiteral}, symbol{kind: symRep, l: uint32(l)}
+	op.relaxSeq(i, q+l-base, price, seq, n+2)
+}
+
+// aheadMinInput is the input from which the optimal parser's match finder
+// runs ahead on its own goroutine.
+const aheadMinInput = 1 << 20
+
+func newOptimalParser(c *lzmaEncoder, dict int, ahead bool) *optimalParser {
+	op := &optimalParser{c: c, f: newTreeFinder(c.buf, dict, optDepth, optNice), nodes: make([]node, optWindow+2*lzmaMaxMatch+2)}
+	if ahead && len(c.buf) >= aheadMinInput {
+		op.src = newAheadMatches(op.f)
+	} else {
+		op.src = &inlineMatches{f: op.f}
+	}
+	return op
 }
 
 func nextState(s uint32, kind uint8, l uint32) uint32 {
@@ -237,6 +291,8 @@ func (op *optimalParser) repPrice(r int, s, posState uint32) uint32 {
 	return p + bitPrice(m.isRepG0[s], 1) + bitPrice(m.isRepG1[s], 1) + bitPrice(m.isRepG2[s], uint32(r-2))
 }
 
+func (op *optimalParser) close() { op.src.close() }
+
 func (op *optimalParser) next(pos int, out []symbol) []symbol {
 	c, f, buf := op.c, op.f, op.c.buf
 	if pos >= op.refresh {
@@ -250,6 +306,9 @@ func (op *optimalParser) next(pos int, out []symbol) []symbol {
 	target := -1 // set when a long match ends the window early
 	var long symbol
 	for i := 0; i < end && i <= op.last; i++ {
+		if i > 0 && i == op.last {
+			break
+		}
 		p := pos + i
 		cur := &n[i]
 		if cur.price >= infinity {
@@ -257,15 +316,18 @@ func (op *optimalParser) next(pos int, out []symbol) []symbol {
 		}
 		limit := min(len(buf)-p, lzmaMaxMatch)
 		posState := uint32(p) & (lzmaPosStates - 1)
-		op.matches = f.findAll(p, op.matches[:0])
+		op.matches = op.src.at(p)
 		// A match of the nice length or more ends the window: it is taken
 		// as it is from the best way to reach it.
 		if k := len(op.matches); k > 0 && int(op.matches[k-1].l) >= f.nice {
 			target, long = i, symbol{kind: symMatch, l: op.matches[k-1].l, dist: op.matches[k-1].dist}
 			break
 		}
-		// The literal, and the short rep.
+		// The literal (then perhaps a match at rep0), and the short rep.
 		op.relax(i, i+1, cur.price+op.literalPrice(p, cur.state, cur.reps[0]), symbol{kind: symLiteral})
+		if d := int(cur.reps[0]) + 1; d <= p && buf[p] != buf[p-d] {
+			op.literalRep0(pos, i, p, cur.price, cur.state, cur.reps[0], [3]symbol{}, 0)
+		}
 		if d := int(cur.reps[0]) + 1; d <= p && buf[p] == buf[p-d] {
 			sr := bitPrice(c.m.isMatch[cur.state][posState], 1) + bitPrice(c.m.isRep[cur.state], 1) +
 				bitPrice(c.m.isRepG0[cur.state], 0) + bitPrice(c.m.isRep0Long[cur.state][posState], 0)
@@ -293,6 +355,8 @@ func (op *optimalParser) next(pos int, out []symbol) []symbol {
 			for k := lzmaMinMatch; k <= l; k++ {
 				op.relax(i, i+k, base+op.t.repLen[posState][k], symbol{kind: symRep, rep: uint8(r), l: uint32(k)})
 			}
+			rep := symbol{kind: symRep, rep: uint8(r), l: uint32(l)}
+			op.literalRep0(pos, i, p+l, base+op.t.repLen[posState][l], nextState(cur.state, symRep, uint32(l)), cur.reps[r], [3]symbol{rep}, 1)
 		}
 		if longRep {
 			break
@@ -310,6 +374,11 @@ func (op *optimalParser) next(pos int, out []symbol) []symbol {
 					op.relax(i, i+int(k), base+op.t.matchLen[posState][k]+dp[min(k-lzmaMinMatch, lzmaLenToPos-1)],
 						symbol{kind: symMatch, l: k, dist: m.dist})
 				}
+				// The match's whole length, a literal, and the match's
+				// distance again.
+				full := symbol{kind: symMatch, l: m.l, dist: m.dist}
+				op.literalRep0(pos, i, p+int(m.l), base+op.t.matchLen[posState][m.l]+dp[min(m.l-lzmaMinMatch, lzmaLenToPos-1)],
+					nextState(cur.state, symMatch, m.l), m.dist, [3]symbol{full}, 1)
 			}
 		}
 	}
@@ -319,7 +388,9 @@ func (op *optimalParser) next(pos int, out []symbol) []symbol {
 	// Back from target to 0, then forward.
 	start := len(out)
 	for i := target; i > 0; i = int(n[i].from) {
-		out = append(out, n[i].sym)
+		for k := int(n[i].nSyms) - 1; k >= 0; k-- {
+			out = append(out, n[i].syms[k])
+		}
 	}
 	for a, b := start, len(out)-1; a < b; a, b = a+1, b-1 {
 		out[a], out[b] = out[b], out[a]
@@ -328,6 +399,5 @@ func (op *optimalParser) next(pos int, out []symbol) []symbol {
 		out = append(out, long)
 		target += int(long.l)
 	}
-	f.insert(pos + target)
 	return out
 }

@@ -28,6 +28,13 @@ type Options struct {
 	// Fast chooses kiln's fast parser (xz's fast mode) over its optimal
 	// one.
 	Fast bool
+	// AheadFinder runs the optimal parser's match finder on a goroutine
+	// of its own, a few batches of positions ahead: the same output, in
+	// about two thirds of the time when a second core is free.
+	AheadFinder bool
+	// Overwrite lets Encode filter data in place (with X86), sparing a
+	// copy of it: data is then no longer the input.
+	Overwrite bool
 }
 
 // Encode compresses data into one .xz stream of one block with a CRC32
@@ -36,9 +43,12 @@ type Options struct {
 // o.X86 is set. The same input and options give the same bytes.
 func Encode(data []byte, o Options) ([]byte, error) {
 	dict := max(o.DictCap, lzma.MinDictCap)
+	sum := crc32.ChecksumIEEE(data)
 	in := data
 	if o.X86 {
-		in = bytes.Clone(data)
+		if !o.Overwrite {
+			in = bytes.Clone(data)
+		}
 		newX86(0).filter(in, true)
 	}
 	var out bytes.Buffer
@@ -77,13 +87,13 @@ func Encode(data []byte, o Options) ([]byte, error) {
 			return nil, fmt.Errorf("xz: %w", err)
 		}
 	} else {
-		out.Write(encodeLZMA2(nil, in, dict, nil, o.Fast))
+		out.Write(encodeLZMA2(nil, in, dict, nil, o.Fast, o.AheadFinder))
 	}
 	compressed := out.Len() - start
 	for out.Len()%4 != 0 {
 		out.WriteByte(0)
 	}
-	out.Write(binary.LittleEndian.AppendUint32(nil, crc32.ChecksumIEEE(data)))
+	out.Write(binary.LittleEndian.AppendUint32(nil, sum))
 
 	out.Write(AppendStreamTail(nil, []IndexRecord{{uint64(len(h) + compressed + 4), uint64(len(data))}}, CheckCRC32))
 	return out.Bytes(), nil
