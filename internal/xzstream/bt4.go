@@ -22,10 +22,10 @@ type treeFinder struct {
 	// forgotten.
 	son    []int32
 	window int
-	dict  int
-	depth int
-	nice  int
-	next  int // the next position to add to the tree
+	dict   int
+	depth  int
+	nice   int
+	next   int // the next position to add to the tree
 }
 
 const (
