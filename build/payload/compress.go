@@ -3,6 +3,7 @@ package payload
 import (
 	"bytes"
 	"compress/bzip2"
+	"context"
 	"fmt"
 	"io"
 
@@ -65,31 +66,14 @@ func ParseCompression(s string) (Compression, error) {
 // goroutines at once.
 type compressor struct {
 	c    Compression
-	x86  bool          // x86 code may go through xz's x86 BCJ filter
-	zstd *zstd.Encoder // nil unless c uses ZSTD
+	x86  bool // x86 code may go through xz's x86 BCJ filter
+	zstd bool // c uses ZSTD
 }
 
-// newCompressor makes a compressor for c that serves up to workers
-// concurrent calls (a zstd encoder runs no more calls at once than the
-// concurrency it was made with); x86 allows the x86 BCJ filter in xz.
-func newCompressor(c Compression, workers int, x86 bool) (*compressor, error) {
-	z := &compressor{c: c, x86: x86}
-	if c == CompressionAuto || c == CompressionZstd {
-		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression),
-			zstd.WithEncoderConcurrency(max(workers, 1)), zstd.WithLowerEncoderMem(false))
-		if err != nil {
-			return nil, fmt.Errorf("payload: zstd encoder: %w", err)
-		}
-		z.zstd = e
-	}
-	return z, nil
-}
-
-// close releases the zstd encoder.
-func (z *compressor) close() {
-	if z.zstd != nil {
-		z.zstd.Close()
-	}
+// newCompressor makes a compressor for c; x86 allows the x86 BCJ filter
+// in xz.
+func newCompressor(c Compression, x86 bool) *compressor {
+	return &compressor{c: c, x86: x86, zstd: c == CompressionAuto || c == CompressionZstd}
 }
 
 // Dictionary sizes of the two xz modes. The fast parser's hash chains
@@ -108,13 +92,13 @@ const (
 
 // compressXZ compresses b into an .xz stream, behind the x86 BCJ filter
 // when x86 is set, with the encoder's optimal parser when optimal is set.
-// scratch lets it overwrite b.
-func compressXZ(b []byte, x86, optimal, scratch bool) ([]byte, error) {
+// scratch lets it overwrite b. It stops soon after ctx is done.
+func compressXZ(ctx context.Context, b []byte, x86, optimal, scratch bool) ([]byte, error) {
 	dict := fastXZDict
 	if optimal {
 		dict = optimalXZDict
 	}
-	return xzstream.Encode(b, xzstream.Options{DictCap: min(len(b), dict), X86: x86, Fast: !optimal, AheadFinder: optimal, Overwrite: scratch})
+	return xzstream.EncodeContext(ctx, b, xzstream.Options{DictCap: min(len(b), dict), X86: x86, Fast: !optimal, AheadFinder: optimal, Overwrite: scratch})
 }
 
 // xzMemory is about what compressXZ holds to compress n bytes (the data
@@ -134,21 +118,29 @@ func xzMemory(n int64, optimal bool) int64 {
 // code: xz then filters it with x86 BCJ first (where z allows it), as
 // update_engine's own generator does for x86 ELF files. scratch says the
 // caller no longer needs b: it may be overwritten.
-func (z *compressor) compress(b []byte, x86, scratch bool) (OpType, []byte, error) {
+func (z *compressor) compress(ctx context.Context, b []byte, x86, scratch bool) (OpType, []byte, error) {
 	c := z.c
 	typ, best := OpReplace, b
-	if z.zstd != nil {
-		if out := z.zstd.EncodeAll(b, make([]byte, 0, len(b)/2)); len(out) < len(best) {
+	if z.zstd {
+		out, err := zstdContext(ctx, b)
+		if err != nil {
+			return 0, nil, err
+		}
+		if len(out) < len(best) {
 			typ, best = OpZstd, out
 		}
 	}
 	if c == CompressionBZ2 {
-		if z := bzip2w.Compress(b); len(z) < len(best) {
+		z, err := bzip2w.CompressContext(ctx, b)
+		if err != nil {
+			return 0, nil, err
+		}
+		if len(z) < len(best) {
 			typ, best = OpReplaceBZ, z
 		}
 	}
 	if c == CompressionAuto || c == CompressionXZ || c == CompressionXZMax {
-		x, err := compressXZ(b, x86 && z.x86, c == CompressionXZMax, scratch)
+		x, err := compressXZ(ctx, b, x86 && z.x86, c == CompressionXZMax, scratch)
 		if err != nil {
 			return 0, nil, fmt.Errorf("xz: %w", err)
 		}
@@ -157,6 +149,45 @@ func (z *compressor) compress(b []byte, x86, scratch bool) (OpType, []byte, erro
 		}
 	}
 	return typ, best, nil
+}
+
+// zstdContext compresses b into one zstd frame (its size in the header)
+// at klauspost's best level, and gives up with ctx's error soon after ctx
+// is done: a solid run takes over a second, so the encoder is fed 1 MiB
+// at a time. (A shared encoder's EncodeAll, used before, could not be
+// stopped; one encoder a call costs no measurable time on make bench's
+// update: 5.96 s against 6.02 s, 1.9 kB larger in all, 0.007 %.)
+func zstdContext(ctx context.Context, b []byte) ([]byte, error) {
+	var out bytes.Buffer
+	out.Grow(len(b) / 2)
+	// The window: the largest power of two that b fills (EncodeAll's
+	// frames declare a window of their content's size; a decoder that
+	// bounds its memory by the operation's size refuses a larger one).
+	window := zstd.MinWindowSize
+	for window*2 <= len(b) && window < 64<<20 {
+		window *= 2
+	}
+	w, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
+		zstd.WithLowerEncoderMem(false), zstd.WithWindowSize(window))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	w.ResetContentSize(&out, int64(len(b)))
+	for len(b) > 0 {
+		if err := ctx.Err(); err != nil {
+			w.Close()
+			return nil, err
+		}
+		n := min(len(b), 1<<20)
+		if _, err := w.Write(b[:n]); err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		b = b[n:]
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	return out.Bytes(), nil
 }
 
 // decompressor returns a reader of t-compressed data.

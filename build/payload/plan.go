@@ -268,12 +268,7 @@ func NewPlan(ctx context.Context, cfg Config) (*Plan, error) {
 		}
 		p.Old = &PartitionInfo{Size: cfg.Old.Size, Hash: oldH.sum}
 	}
-	comp, err := newCompressor(cfg.Compression, cfg.Workers, cfg.X86Filter)
-	if err != nil {
-		return nil, err
-	}
-	defer comp.close()
-	pl := planner{cfg: &cfg, newH: newH, oldH: oldH, nBlocks: uint32(cfg.New.Size / BlockSize), comp: comp}
+	pl := planner{cfg: &cfg, newH: newH, oldH: oldH, nBlocks: uint32(cfg.New.Size / BlockSize), comp: newCompressor(cfg.Compression, cfg.X86Filter)}
 	jobs := pl.classify()
 	if p.spool, err = os.CreateTemp(cfg.TempDir, "kiln-payload-*.spool"); err != nil {
 		return nil, fmt.Errorf("payload: spool: %w", err)
@@ -399,13 +394,13 @@ type zeroRun struct {
 }
 
 // compressZeros returns the operation type and data for n zero blocks.
-func (pl *planner) compressZeros(n int) (OpType, []byte, error) {
+func (pl *planner) compressZeros(ctx context.Context, n int) (OpType, []byte, error) {
 	pl.zeroMu.Lock()
 	defer pl.zeroMu.Unlock()
 	if z, ok := pl.zeroRuns[n]; ok {
 		return z.typ, z.data, nil
 	}
-	typ, data, err := pl.comp.compress(make([]byte, n*BlockSize), false, true)
+	typ, data, err := pl.comp.compress(ctx, make([]byte, n*BlockSize), false, true)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -866,7 +861,7 @@ func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, e
 					cost += int64(len(j.src)) * BlockSize * 6
 				}
 				budget.acquire(cost)
-				op, data, err := pl.generate(j)
+				op, data, err := pl.generate(ctx, j)
 				budget.release(cost)
 				if err == nil {
 					mu.Lock()
@@ -899,9 +894,9 @@ func (pl *planner) run(ctx context.Context, jobs []job, spool *os.File) ([]Op, e
 }
 
 // generate makes one job's operation and data blob.
-func (pl *planner) generate(j job) (Op, []byte, error) {
+func (pl *planner) generate(ctx context.Context, j job) (Op, []byte, error) {
 	if j.src == nil && pl.allZero(j.dst) {
-		typ, data, err := pl.compressZeros(len(j.dst))
+		typ, data, err := pl.compressZeros(ctx, len(j.dst))
 		if err != nil {
 			return Op{}, nil, fmt.Errorf("payload: compressing zero blocks %d…: %w", j.dst[0], err)
 		}
@@ -912,7 +907,7 @@ func (pl *planner) generate(j job) (Op, []byte, error) {
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: new image: %w", err)
 	}
-	typ, data, err := pl.comp.compress(newData, j.x86, j.src == nil)
+	typ, data, err := pl.comp.compress(ctx, newData, j.x86, j.src == nil)
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: compressing blocks %d…: %w", j.dst[0], err)
 	}

@@ -2,6 +2,7 @@ package xzstream
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -42,6 +43,12 @@ type Options struct {
 // none), LZMA2 with ulikunitz/xz's encoder, behind the x86 BCJ filter when
 // o.X86 is set. The same input and options give the same bytes.
 func Encode(data []byte, o Options) ([]byte, error) {
+	return EncodeContext(context.Background(), data, o)
+}
+
+// EncodeContext is Encode that gives up with ctx's error soon (within
+// 256 KiB of input) after ctx is done.
+func EncodeContext(ctx context.Context, data []byte, o Options) ([]byte, error) {
 	dict := max(o.DictCap, lzma.MinDictCap)
 	sum := crc32.ChecksumIEEE(data)
 	in := data
@@ -87,7 +94,10 @@ func Encode(data []byte, o Options) ([]byte, error) {
 			return nil, fmt.Errorf("xz: %w", err)
 		}
 	} else {
-		out.Write(encodeLZMA2(nil, in, dict, nil, o.Fast, o.AheadFinder))
+		out.Write(encodeLZMA2(nil, in, dict, func() bool { return ctx.Err() != nil }, o.Fast, o.AheadFinder))
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 	}
 	compressed := out.Len() - start
 	for out.Len()%4 != 0 {

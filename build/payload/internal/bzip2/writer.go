@@ -9,6 +9,7 @@
 package bzip2
 
 import (
+	"context"
 	"errors"
 	"io"
 	"sort"
@@ -62,6 +63,23 @@ func Compress(b []byte) []byte {
 	_, _ = w.Write(b)
 	_ = w.Close()
 	return out
+}
+
+// CompressContext is Compress that gives up with ctx's error soon (within
+// about a block) after ctx is done.
+func CompressContext(ctx context.Context, b []byte) ([]byte, error) {
+	var out sliceWriter
+	w := NewWriterLevel(&out, (len(b)*5/4+8)/100000+1)
+	for len(b) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		n := min(len(b), 256<<10)
+		_, _ = w.Write(b[:n])
+		b = b[n:]
+	}
+	_ = w.Close()
+	return out, nil
 }
 
 type sliceWriter []byte
