@@ -265,6 +265,9 @@ func (x *Reader) endBlock() error {
 	if x.wantIn >= 0 && comp != x.wantIn || x.wantOut >= 0 && x.out != uint64(x.wantOut) {
 		return fmt.Errorf("%w: block sizes differ from its header", errXZ)
 	}
+	if !x.in.framed() {
+		return fmt.Errorf("%w: LZMA2 chunk sizes differ from the data they hold", errXZ)
+	}
 	tail := make([]byte, (4-comp%4)%4+int64(x.checkSize))
 	if _, err := io.ReadFull(x.r, tail); err != nil {
 		return fmt.Errorf("xz: block: %w", eof(err))
@@ -377,14 +380,80 @@ func mib(n int64) string {
 	return fmt.Sprintf("%d bytes", n)
 }
 
-// countingReader counts the bytes read through it.
+// countingReader counts the bytes read through it, and follows the LZMA2
+// chunk framing in them: ulikunitz/xz's decoder stops reading a chunk once
+// it has its unpacked bytes, whatever packed size the chunk header gave,
+// where liblzma and xz-embedded refuse a chunk whose packed size is not
+// the bytes its data took. The decoder reads no further than it decodes,
+// so at the end of the block the framing must have ended exactly.
 type countingReader struct {
 	r io.Reader
 	n int64
+
+	need  int    // bytes of the current header field or data still to come
+	field uint8  // what they are: see the chunk* constants
+	head  []byte // the header bytes read so far
+	bad   bool   // a header byte no LZMA2 stream has
 }
+
+// Where countingReader is in the LZMA2 framing.
+const (
+	chunkControl = iota // the next byte is a chunk's control byte
+	chunkHeader         // the rest of a chunk header
+	chunkData           // a chunk's data
+	chunkEnded          // the end marker has been read
+)
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	for b := p[:n]; len(b) > 0; {
+		switch c.field {
+		case chunkData:
+			k := min(c.need, len(b))
+			c.need -= k
+			b = b[k:]
+			if c.need == 0 {
+				c.field = chunkControl
+			}
+		case chunkControl:
+			ctl := b[0]
+			b = b[1:]
+			c.head = append(c.head[:0], ctl)
+			switch {
+			case ctl == 0:
+				c.field = chunkEnded
+			case ctl == 1 || ctl == 2:
+				c.field, c.need = chunkHeader, 2
+			case ctl >= 0x80:
+				c.field, c.need = chunkHeader, 4
+				if ctl >= 0xc0 {
+					c.need++ // the properties byte
+				}
+			default:
+				c.bad = true
+				c.field = chunkEnded
+			}
+		case chunkHeader:
+			c.head = append(c.head, b[0])
+			b = b[1:]
+			if c.need--; c.need == 0 {
+				h := c.head
+				if h[0] < 0x80 {
+					c.need = int(h[1])<<8 | int(h[2]) + 1 // uncompressed data
+				} else {
+					c.need = int(h[3])<<8 | int(h[4]) + 1 // packed data
+				}
+				c.field = chunkData
+			}
+		case chunkEnded:
+			c.bad = true // bytes past the end marker
+			b = nil
+		}
+	}
 	return n, err
 }
+
+// framed reports whether the bytes read were whole LZMA2 chunks and the
+// end marker.
+func (c *countingReader) framed() bool { return c.field == chunkEnded && !c.bad }
