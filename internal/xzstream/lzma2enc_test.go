@@ -2,6 +2,7 @@ package xzstream
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"math/rand/v2"
 	"os/exec"
@@ -137,5 +138,18 @@ func TestLZMA2EncoderSmaller(t *testing.T) {
 	}
 	if len(opt) >= len(fast)*99/100 {
 		t.Errorf("kiln's optimal parser: %d bytes, the fast one %d: not 1 %% smaller", len(opt), len(fast))
+	}
+}
+
+// TestEncodeContextStops: EncodeContext gives up with the context's error
+// once it is done, with either parser, the finder ahead or not.
+func TestEncodeContextStops(t *testing.T) {
+	data := structured(rand.New(rand.NewPCG(4, 4)), 3<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, o := range []Options{{DictCap: 1 << 20, Fast: true}, {DictCap: 1 << 20}, {DictCap: 1 << 20, AheadFinder: true, X86: true}} {
+		if out, err := EncodeContext(ctx, data, o); err != context.Canceled || out != nil {
+			t.Errorf("%+v: %d bytes, %v; want context.Canceled", o, len(out), err)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package bzip2
 
 import (
 	"bytes"
+	"context"
 	stdbzip2 "compress/bzip2"
 	"io"
 	"math/rand/v2"
@@ -87,5 +88,32 @@ func TestWriteAfterClose(t *testing.T) {
 	}
 	if _, err := w.Write([]byte("x")); err != ErrClosed {
 		t.Fatalf("got %v, want ErrClosed", err)
+	}
+}
+
+// TestCompressContext: CompressContext, which feeds the writer 256 KiB at
+// a time, makes Compress's bytes (runs and blocks cross the pieces), and
+// gives up with the context's error once it is done.
+func TestCompressContext(t *testing.T) {
+	in := testInputs()
+	// A run across each 256 KiB boundary.
+	runs := make([]byte, 1<<20)
+	for i := range runs {
+		runs[i] = byte(i / 1000)
+	}
+	in["runs across pieces"] = runs
+	for name, b := range in {
+		got, err := CompressContext(context.Background(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := Compress(b); !bytes.Equal(got, want) {
+			t.Errorf("%s: CompressContext made %d bytes, Compress %d, not the same", name, len(got), len(want))
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := CompressContext(ctx, in["random"]); err != context.Canceled {
+		t.Errorf("a done context: %v, want context.Canceled", err)
 	}
 }
