@@ -2,8 +2,8 @@ package bzip2
 
 import (
 	"bytes"
-	"context"
 	stdbzip2 "compress/bzip2"
+	"context"
 	"io"
 	"math/rand/v2"
 	"os"
