@@ -330,17 +330,15 @@ func (c *lzmaEncoder) rep(pos int, r int, l uint32) {
 // matchFinder is a hash chain over 4-byte prefixes, with a table of the
 // last position of each 3-byte prefix for short matches.
 type matchFinder struct {
-	buf    []byte
-	head4  []int32
-	head3  []int32
-	chain  []int32 // previous position with the same 4-byte hash, by pos & mask
-	mask   int
-	dict   int
-	depth  int
-	nice   int
-	next   int // the next position to insert
-	cands  [2]found
-	nCands int
+	buf   []byte
+	head4 []int32
+	head3 []int32
+	chain []int32 // previous position with the same 4-byte hash, by pos & mask
+	mask  int
+	dict  int
+	depth int
+	nice  int
+	next  int // the next position to insert
 }
 
 // found is a match: its length and distance minus one.
@@ -681,46 +679,4 @@ func (c *lzmaEncoder) literalOrShortRep(pos int) symbol {
 		return symbol{kind: symRep, l: 1}
 	}
 	return symbol{kind: symLiteral}
-}
-
-// findAll inserts the positions before pos and appends to out the matches
-// at pos that are longer than every nearer one (so their lengths rise
-// with their distances), stopping at the nice length.
-func (f *matchFinder) findAll(pos int, out []found) []found {
-	f.insert(pos)
-	defer f.insert(pos + 1)
-	limit := min(len(f.buf)-pos, lzmaMaxMatch)
-	if limit < lzmaMinMatch {
-		return out
-	}
-	best := lzmaMinMatch - 1
-	consider := func(cand int) bool {
-		d := pos - cand
-		if cand < 0 || d <= 0 || d > f.dict {
-			return false
-		}
-		l := matchLen(f.buf, pos, cand, limit)
-		if l > best {
-			best = l
-			out = append(out, found{uint32(l), uint32(d - 1)})
-		}
-		return l >= f.nice || l == limit
-	}
-	if limit >= 3 && consider(int(f.head3[hash3(f.buf[pos:])])) {
-		return out
-	}
-	if limit >= 4 {
-		cand := int(f.head4[hash4(f.buf[pos:])])
-		for range f.depth {
-			if cand < 0 || pos-cand > f.dict || consider(cand) {
-				break
-			}
-			next := int(f.chain[cand&f.mask])
-			if next >= cand {
-				break
-			}
-			cand = next
-		}
-	}
-	return out
 }

@@ -40,8 +40,9 @@ type Options struct {
 
 // Encode compresses data into one .xz stream of one block with a CRC32
 // check (the only check update_engine's xz-embedded decoder knows besides
-// none), LZMA2 with ulikunitz/xz's encoder, behind the x86 BCJ filter when
-// o.X86 is set. The same input and options give the same bytes.
+// none), LZMA2 with kiln's encoder (its fast or optimal parser), behind the
+// x86 BCJ filter when o.X86 is set. The same input and options give the
+// same bytes.
 func Encode(data []byte, o Options) ([]byte, error) {
 	return EncodeContext(context.Background(), data, o)
 }
