@@ -92,13 +92,14 @@ const (
 
 // compressXZ compresses b into an .xz stream, behind the x86 BCJ filter
 // when x86 is set, with the encoder's optimal parser when optimal is set.
-// scratch lets it overwrite b. It stops soon after ctx is done.
-func compressXZ(ctx context.Context, b []byte, x86, optimal, scratch bool) ([]byte, error) {
+// It filters b in place (and restores it), sparing a copy of a solid
+// run; it stops soon after ctx is done.
+func compressXZ(ctx context.Context, b []byte, x86, optimal bool) ([]byte, error) {
 	dict := fastXZDict
 	if optimal {
 		dict = optimalXZDict
 	}
-	return xzstream.EncodeContext(ctx, b, xzstream.Options{DictCap: min(len(b), dict), X86: x86, Fast: !optimal, AheadFinder: optimal, Overwrite: scratch})
+	return xzstream.EncodeContext(ctx, b, xzstream.Options{DictCap: min(len(b), dict), X86: x86, Fast: !optimal, AheadFinder: optimal, InPlace: true})
 }
 
 // xzMemory is about what compressXZ holds to compress n bytes (the data
@@ -116,9 +117,8 @@ func xzMemory(n int64, optimal bool) int64 {
 // operation type and its data. Data that no compressor shrinks is a plain
 // REPLACE, as update_engine expects. x86 says b is mostly x86 machine
 // code: xz then filters it with x86 BCJ first (where z allows it), as
-// update_engine's own generator does for x86 ELF files. scratch says the
-// caller no longer needs b: it may be overwritten.
-func (z *compressor) compress(ctx context.Context, b []byte, x86, scratch bool) (OpType, []byte, error) {
+// update_engine's own generator does for x86 ELF files.
+func (z *compressor) compress(ctx context.Context, b []byte, x86 bool) (OpType, []byte, error) {
 	c := z.c
 	typ, best := OpReplace, b
 	if z.zstd {
@@ -140,7 +140,7 @@ func (z *compressor) compress(ctx context.Context, b []byte, x86, scratch bool) 
 		}
 	}
 	if c == CompressionAuto || c == CompressionXZ || c == CompressionXZMax {
-		x, err := compressXZ(ctx, b, x86 && z.x86, c == CompressionXZMax, scratch)
+		x, err := compressXZ(ctx, b, x86 && z.x86, c == CompressionXZMax)
 		if err != nil {
 			return 0, nil, fmt.Errorf("xz: %w", err)
 		}

@@ -323,7 +323,7 @@ func TestOpenMinorVersionRules(t *testing.T) {
 // is allocated; 64 MiB itself is accepted.
 func TestXZDictionaryBounded(t *testing.T) {
 	data := bytes.Repeat([]byte("bounded "), 1000)
-	enc, err := compressXZ(context.Background(), data, false, false, false)
+	enc, err := compressXZ(context.Background(), data, false, false)
 	if err != nil {
 		t.Fatal(err)
 	}

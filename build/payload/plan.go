@@ -400,7 +400,7 @@ func (pl *planner) compressZeros(ctx context.Context, n int) (OpType, []byte, er
 	if z, ok := pl.zeroRuns[n]; ok {
 		return z.typ, z.data, nil
 	}
-	typ, data, err := pl.comp.compress(ctx, make([]byte, n*BlockSize), false, true)
+	typ, data, err := pl.comp.compress(ctx, make([]byte, n*BlockSize), false)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -907,7 +907,7 @@ func (pl *planner) generate(ctx context.Context, j job) (Op, []byte, error) {
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: new image: %w", err)
 	}
-	typ, data, err := pl.comp.compress(ctx, newData, j.x86, j.src == nil)
+	typ, data, err := pl.comp.compress(ctx, newData, j.x86)
 	if err != nil {
 		return Op{}, nil, fmt.Errorf("payload: compressing blocks %d…: %w", j.dst[0], err)
 	}

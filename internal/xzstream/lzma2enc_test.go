@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"testing"
 )
@@ -150,6 +151,40 @@ func TestEncodeContextStops(t *testing.T) {
 	for _, o := range []Options{{DictCap: 1 << 20, Fast: true}, {DictCap: 1 << 20}, {DictCap: 1 << 20, AheadFinder: true, X86: true}} {
 		if out, err := EncodeContext(ctx, data, o); err != context.Canceled || out != nil {
 			t.Errorf("%+v: %d bytes, %v; want context.Canceled", o, len(out), err)
+		}
+	}
+}
+
+// TestEncodeInPlaceRestores: with InPlace the x86 filter runs over the
+// caller's bytes and is undone before Encode returns, also when it gives
+// up; the stream is the one a copy would give.
+func TestEncodeInPlaceRestores(t *testing.T) {
+	prog, err := os.ReadFile("/bin/bash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := make([]byte, 1<<20)
+	rng := rand.New(rand.NewPCG(2, 2))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for name, data := range map[string][]byte{"/bin/bash": prog, "random": random} {
+		orig := bytes.Clone(data)
+		want, err := Encode(data, Options{DictCap: 1 << 20, X86: true, Fast: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := EncodeContext(context.Background(), data, Options{DictCap: 1 << 20, X86: true, Fast: true, InPlace: true})
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: InPlace made another stream (%v)", name, err)
+		}
+		if !bytes.Equal(data, orig) {
+			t.Errorf("%s: InPlace left the data changed", name)
+		}
+		if _, err := EncodeContext(done, data, Options{DictCap: 1 << 20, X86: true, InPlace: true}); err == nil || !bytes.Equal(data, orig) {
+			t.Errorf("%s: given up (%v): the data is changed %v", name, err, !bytes.Equal(data, orig))
 		}
 	}
 }

@@ -33,9 +33,10 @@ type Options struct {
 	// of its own, a few batches of positions ahead: the same output, in
 	// about two thirds of the time when a second core is free.
 	AheadFinder bool
-	// Overwrite lets Encode filter data in place (with X86), sparing a
-	// copy of it: data is then no longer the input.
-	Overwrite bool
+	// InPlace lets Encode run the x86 filter over data itself instead of
+	// a copy, and undo it before returning: data must not be read by
+	// anything else meanwhile.
+	InPlace bool
 }
 
 // Encode compresses data into one .xz stream of one block with a CRC32
@@ -54,7 +55,9 @@ func EncodeContext(ctx context.Context, data []byte, o Options) ([]byte, error) 
 	sum := crc32.ChecksumIEEE(data)
 	in := data
 	if o.X86 {
-		if !o.Overwrite {
+		if o.InPlace {
+			defer newX86(0).filter(in, false) // decoding gives the bytes back
+		} else {
 			in = bytes.Clone(data)
 		}
 		newX86(0).filter(in, true)
