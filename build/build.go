@@ -556,7 +556,7 @@ func (b *builder) writeUsr(ctx context.Context, stage string, p *PartitionSpec, 
 		DataBlockSize: 4096, HashBlockSize: 4096, DataBlocks: params.DataBlocks, HashOffset: dataSize}
 
 	// The slot's signed release record, beside the verity superblock.
-	rec := &slot.Record{Name: b.r.Name, Version: b.r.Version, Channel: b.r.Channel, Verity: slot.Verity{
+	rec := &slot.Record{Name: b.r.Name, Version: b.r.Version, Channel: b.r.Channel, RollbackFloor: b.r.RollbackFloor, Verity: slot.Verity{
 		Algorithm: "sha256", RootHash: mp.Verity.RootHash, Salt: mp.Verity.Salt, DataBlockSize: 4096, HashBlockSize: 4096,
 		DataBlocks: params.DataBlocks, HashOffset: dataSize}}
 	enc, err := slot.Encode(rec, b.opts.Signer)

@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/kiln-os/kiln/build/version"
 	"github.com/kiln-os/kiln/internal/yamlerr"
 	"github.com/kiln-os/kiln/layout"
 )
@@ -26,6 +27,11 @@ type Recipe struct {
 	Name    string
 	Version string
 	Channel string
+	// RollbackFloor, when set, is the oldest release a node may boot once
+	// a slot holding this release has been marked good: the boot path's
+	// version floor rises to it (see docs/boot.md). It goes into the
+	// slot's signed release record.
+	RollbackFloor string
 	// Seed derives the disk and partition GUIDs, filesystem UUIDs, hash
 	// seeds and the verity salt. Default: "NAME/VERSION".
 	Seed string
@@ -122,6 +128,7 @@ type yamlRecipe struct {
 	Name       string                    `yaml:"name"`
 	Version    string                    `yaml:"version"`
 	Channel    string                    `yaml:"channel"`
+	Floor      string                    `yaml:"rollback-floor"`
 	Seed       string                    `yaml:"seed"`
 	Layout     string                    `yaml:"layout"`
 	Size       string                    `yaml:"size"`
@@ -215,8 +222,19 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 	if r.Version == "" {
 		return nil, fail(lines["version"], "version", errors.New("missing"))
 	}
-	if _, err := ParseVersion(r.Version); err != nil {
+	rv, err := version.Parse(r.Version)
+	if err != nil {
 		return nil, fail(lines["version"], "version", err)
+	}
+	if y.Floor != "" {
+		fv, err := version.Parse(y.Floor)
+		if err != nil {
+			return nil, fail(lines["rollback-floor"], "rollback-floor", err)
+		}
+		if rv.Compare(fv) < 0 {
+			return nil, fail(lines["rollback-floor"], "rollback-floor", fmt.Errorf("%s is above the release's own version %s: the release could never boot", y.Floor, r.Version))
+		}
+		r.RollbackFloor = y.Floor
 	}
 	if r.Seed == "" {
 		r.Seed = r.Name + "/" + r.Version
@@ -224,7 +242,6 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 	if y.Layout == "" {
 		y.Layout = "coreos"
 	}
-	var err error
 	layoutPath := y.Layout
 	if strings.ContainsAny(layoutPath, "/.") && !filepath.IsAbs(layoutPath) {
 		layoutPath = filepath.Join(r.Dir, layoutPath)

@@ -36,17 +36,20 @@ const (
 // the slot's kernel: kiln.usr=PARTUUID=<guid>.
 const CmdlineUsr = "kiln.usr"
 
+// DefaultInit is the init the slot's initrd starts when the OEM
+// partition names none, or names one that is not on the verified /usr.
+const DefaultInit = "/usr/sbin/init"
+
+// ErrSlotStage is returned by Init when the slot's own initrd failed: the
+// caller reboots, so the chooser counts the failed boot and falls back.
+var ErrSlotStage = errors.New("boot: the slot's initrd failed")
+
 // Init is PID 1 of kiln's initrd. Without kiln.usr= on the kernel command
-// line it is the chooser, booted by the firmware from the ESP: it picks
-// the slot as GRUB's gptprio would (lowering a trial slot's tries on disk
-// first), checks the slot's signed release record with the key built into
-// the initrd (and a slot on trial's whole dm-verity tree), refuses a slot
-// that fails (priority 0, and chooses again), mounts the slot through
-// dm-verity and kexecs the kernel and initrd the slot carries. With
-// kiln.usr= it is that slot's own initrd: it checks the record again with
-// its own key, sets up /usr through dm-verity (restart on corruption),
-// mounts ROOT read-write and OEM read-only, and switches to the init the
-// OEM partition names.
+// line it is the chooser, booted by the firmware from the ESP (see
+// chooser.run). With kiln.usr= it is that slot's own initrd: it checks the
+// record again with its own key, sets up /usr through dm-verity (restart
+// on corruption), mounts ROOT read-write and OEM read-only, and starts an
+// init on the verified /usr. Errors of the slot stage wrap ErrSlotStage.
 func Init(ctx context.Context, log io.Writer) error {
 	for _, m := range []struct{ src, dst, typ string }{{"devtmpfs", "/dev", "devtmpfs"}, {"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}} {
 		os.MkdirAll(m.dst, 0o755)
@@ -58,6 +61,7 @@ func Init(ctx context.Context, log io.Writer) error {
 		return err
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
+	id, slotStage := cmdlineValue(string(cmdline), CmdlineUsr)
 	key, err := os.ReadFile("/" + InitrdKey)
 	if err != nil {
 		return fmt.Errorf("the initrd has no release key: %w", err)
@@ -70,15 +74,25 @@ func Init(ctx context.Context, log io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if !slotStage {
+		fmt.Fprintf(log, "kiln: %s\n", secureBootState())
+	}
 	disk, err := findDisk(ctx, 30*time.Second)
 	if err != nil {
+		if slotStage {
+			return fmt.Errorf("%w: %v", ErrSlotStage, err)
+		}
 		return err
 	}
 	fmt.Fprintf(log, "kiln: disk %s\n", disk)
-	if id, ok := cmdlineValue(string(cmdline), CmdlineUsr); ok {
-		return runSlot(log, disk, id, v)
+	if slotStage {
+		if err := runSlot(log, disk, id, v); err != nil {
+			return fmt.Errorf("%w: %v", ErrSlotStage, err)
+		}
+		return nil
 	}
-	return choose(log, disk, string(cmdline), v)
+	c := &chooser{log: log, disk: disk, verifier: v, cmdline: string(cmdline), floors: openFloorStore(log)}
+	return c.run()
 }
 
 func cmdlineValue(cmdline, key string) (string, bool) {
@@ -110,6 +124,33 @@ func loadModules(log io.Writer) error {
 	return nil
 }
 
+// efiGlobal is the vendor GUID of the UEFI global variables.
+const efiGlobal = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+// secureBootState says whether the firmware booted with Secure Boot on
+// (its SecureBoot variable) and the kernel's lockdown mode.
+func secureBootState() string {
+	os.MkdirAll("/sys/firmware/efi/efivars", 0o755)
+	unix.Mount("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	unix.Mount("securityfs", "/sys/kernel/security", "securityfs", 0, "")
+	sb := "unknown (no EFI variables)"
+	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
+		sb = "unknown (not booted by UEFI)"
+	} else if b, err := os.ReadFile("/sys/firmware/efi/efivars/SecureBoot-" + efiGlobal); err == nil && len(b) == 5 {
+		// 4 bytes of attributes, then the value.
+		sb = map[bool]string{true: "enabled", false: "disabled"}[b[4] == 1]
+	}
+	lockdown := "unknown"
+	if b, err := os.ReadFile("/sys/kernel/security/lockdown"); err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			if strings.HasPrefix(f, "[") {
+				lockdown = strings.Trim(f, "[]")
+			}
+		}
+	}
+	return fmt.Sprintf("Secure Boot: %s; kernel lockdown: %s", sb, lockdown)
+}
+
 // findDisk waits for the first whole disk that holds a GPT with USR slots.
 func findDisk(ctx context.Context, wait time.Duration) (string, error) {
 	deadline := time.Now().Add(wait)
@@ -131,19 +172,31 @@ func findDisk(ctx context.Context, wait time.Duration) (string, error) {
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return "", errors.New("no disk with USR slots appeared")
+			names := []string{}
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			return "", fmt.Errorf("no disk with USR slots appeared in %v (block devices: %s; is the disk controller's module in boot.load?)", wait, strings.Join(names, " "))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// partitionDev returns the device node of partition n of disk.
-func partitionDev(disk string, n int) string {
+// partitionDev returns the device node of partition n of disk, as sysfs
+// names it (vda3, sda3, nvme0n1p3, ...).
+func partitionDev(disk string, n int) (string, error) {
 	base := filepath.Base(disk)
-	if c := base[len(base)-1]; c >= '0' && c <= '9' {
-		return fmt.Sprintf("%sp%d", disk, n)
+	entries, err := os.ReadDir(filepath.Join("/sys/class/block", base))
+	if err != nil {
+		return "", fmt.Errorf("partition %d of %s: %w", n, disk, err)
 	}
-	return fmt.Sprintf("%s%d", disk, n)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/sys/class/block", base, e.Name(), "partition"))
+		if err == nil && strings.TrimSpace(string(b)) == fmt.Sprint(n) {
+			return "/dev/" + e.Name(), nil
+		}
+	}
+	return "", fmt.Errorf("%s has no partition %d in /sys/class/block/%s", disk, n, base)
 }
 
 // slotRecord reads and verifies slot e's release record.
@@ -158,63 +211,20 @@ func slotRecord(d *layout.Disk, e *layout.Entry, v sign.Verifier) (*slot.Signed,
 	return rec, nil
 }
 
-// choose picks a slot, checks it and kexecs what it carries.
-func choose(log io.Writer, disk, cmdline string, v sign.Verifier) error {
-	d, err := layout.OpenDiskForWriting(disk)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	for {
-		t, err := d.ReadTable()
-		if err != nil {
-			return err
-		}
-		e, err := slot.Try(t)
-		if err != nil {
-			return fmt.Errorf("%s: %w", disk, err)
-		}
-		trial := !e.Slot().Successful
-		if err := d.UpdateAttributes(t); err != nil {
-			return err
-		}
-		fmt.Fprintf(log, "kiln: gptprio chose %s (%s)\n", e.Label, e.Slot())
-		rec, err := slotRecord(d, e, v)
-		if err == nil && trial {
-			// A slot on trial has its whole tree checked before it runs.
-			var root []byte
-			if root, err = rec.Record.Verity.Root(); err == nil {
-				_, err = verity.Verify(io.NewSectionReader(d, e.Offset(), e.Size()), 0, rec.Record.Verity.HashOffset, root)
-			}
-		}
-		if err != nil {
-			fmt.Fprintf(log, "kiln: refusing %s: %v\n", e.Label, err)
-			if t, err = d.ReadTable(); err != nil {
-				return err
-			}
-			e, _ = t.Lookup(e.Label)
-			slot.MarkUnbootable(e)
-			if err := d.UpdateAttributes(t); err != nil {
-				return err
-			}
-			continue
-		}
-		fmt.Fprintf(log, "kiln: %s holds %s %s\n", e.Label, rec.Record.Name, rec.Record.Version)
-		d.Close()
-		return kexecSlot(log, disk, e, rec, cmdline)
-	}
-}
-
 // setupUsr maps slot e of disk through dm-verity as /dev/mapper/usr and
 // returns the device node.
 func setupUsr(disk string, e *layout.Entry, rec *slot.Signed, opts string) (string, error) {
 	v := rec.Record.Verity
-	part := partitionDev(disk, e.Number)
+	part, err := partitionDev(disk, e.Number)
+	if err != nil {
+		return "", err
+	}
 	params := fmt.Sprintf("1 %s %s %d %d %d %d %s %s %s", part, part, v.DataBlockSize, v.HashBlockSize, v.DataBlocks,
 		v.HashOffset/int64(v.HashBlockSize)+1, v.Algorithm, v.RootHash, v.Salt)
 	if opts != "" {
 		params += " " + opts
 	}
+	dm.Remove("usr") // a mapping left by an earlier attempt in this boot
 	_, minor, err := dm.Create("usr", true, []dm.Target{{Start: 0, Length: v.DataBlocks * uint64(v.DataBlockSize) / 512, Type: "verity", Params: params}})
 	if err != nil {
 		return "", err
@@ -227,43 +237,6 @@ func setupUsr(disk string, e *layout.Entry, rec *slot.Signed, opts string) (stri
 		time.Sleep(20 * time.Millisecond)
 	}
 	return "", fmt.Errorf("%s did not appear", dev)
-}
-
-// kexecSlot mounts the slot through dm-verity, loads the kernel and
-// initrd it carries and boots them.
-func kexecSlot(log io.Writer, disk string, e *layout.Entry, rec *slot.Signed, cmdline string) error {
-	dev, err := setupUsr(disk, e, rec, "")
-	if err != nil {
-		return err
-	}
-	os.MkdirAll("/slot", 0o755)
-	if err := mountAny(dev, "/slot", unix.MS_RDONLY); err != nil {
-		return err
-	}
-	dir := filepath.Join("/slot", SlotBootDir)
-	kernel, err := os.Open(filepath.Join(dir, "vmlinuz"))
-	if err != nil {
-		return fmt.Errorf("%s carries no kernel: %w", e.Label, err)
-	}
-	initrd, err := os.Open(filepath.Join(dir, "initrd.img"))
-	if err != nil {
-		return fmt.Errorf("%s carries no initrd: %w", e.Label, err)
-	}
-	args, err := os.ReadFile(filepath.Join(dir, "cmdline"))
-	if err != nil {
-		return fmt.Errorf("%s carries no command line: %w", e.Label, err)
-	}
-	line := strings.TrimSpace(string(args)) + fmt.Sprintf(" %s=PARTUUID=%s", CmdlineUsr, e.GUID)
-	fmt.Fprintf(log, "kiln: booting %s's kernel: %s\n", e.Label, line)
-	if err := unix.KexecFileLoad(int(kernel.Fd()), int(initrd.Fd()), line, 0); err != nil {
-		return fmt.Errorf("kexec_file_load: %w", err)
-	}
-	kernel.Close()
-	initrd.Close()
-	unix.Unmount("/slot", 0)
-	dm.Remove("usr")
-	unix.Sync()
-	return unix.Reboot(unix.LINUX_REBOOT_CMD_KEXEC)
 }
 
 // mountAny mounts dev at dir as ext4, else squashfs.
@@ -280,7 +253,7 @@ func mountAny(dev, dir string, flags uintptr) error {
 }
 
 // runSlot is the slot's own initrd: /usr through dm-verity, ROOT, OEM, and
-// on to init.
+// on to an init on the verified /usr.
 func runSlot(log io.Writer, disk, id string, v sign.Verifier) error {
 	g, err := layout.ParseGUID(strings.TrimPrefix(strings.ToUpper(id), "PARTUUID="))
 	if err != nil {
@@ -318,8 +291,12 @@ func runSlot(log io.Writer, disk, id string, v sign.Verifier) error {
 	if err != nil {
 		return err
 	}
+	rootDev, err := partitionDev(disk, root.Number)
+	if err != nil {
+		return err
+	}
 	os.MkdirAll("/sysroot", 0o755)
-	if err := unix.Mount(partitionDev(disk, root.Number), "/sysroot", "ext4", 0, ""); err != nil {
+	if err := unix.Mount(rootDev, "/sysroot", "ext4", 0, ""); err != nil {
 		return fmt.Errorf("mounting ROOT: %w", err)
 	}
 	for _, p := range []string{"usr", "oem", "dev", "proc", "sys", "run", "tmp", "etc", "var"} {
@@ -328,18 +305,17 @@ func runSlot(log io.Writer, disk, id string, v sign.Verifier) error {
 	if err := mountAny(usr, "/sysroot/usr", unix.MS_RDONLY); err != nil {
 		return err
 	}
-	for _, l := range []string{"bin", "sbin", "lib", "lib64"} {
-		os.Symlink("usr/"+l, filepath.Join("/sysroot", l))
+	if err := mergedUsr(log, "/sysroot"); err != nil {
+		return err
 	}
-	initPath := "/sbin/init"
+	asked := ""
 	if oem, err := t.Lookup("OEM"); err == nil {
-		if err := unix.Mount(partitionDev(disk, oem.Number), "/sysroot/oem", "ext4", unix.MS_RDONLY, ""); err == nil {
-			if p, ok := oemConfig("/sysroot/oem/kiln.conf")["init"]; ok {
-				initPath = p
+		if dev, err := partitionDev(disk, oem.Number); err == nil {
+			if err := unix.Mount(dev, "/sysroot/oem", "ext4", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err == nil {
+				asked = oemConfig("/sysroot/oem/kiln.conf")["init"]
 			}
 		}
 	}
-	fmt.Fprintf(log, "kiln: %s holds %s %s; /usr on %s through dm-verity; starting %s\n", e.Label, rec.Record.Name, rec.Record.Version, usr, initPath)
 	for _, m := range []string{"/dev", "/proc", "/sys"} {
 		if err := unix.Mount(m, "/sysroot"+m, "", unix.MS_MOVE, ""); err != nil {
 			return fmt.Errorf("moving %s: %w", m, err)
@@ -355,7 +331,94 @@ func runSlot(log io.Writer, disk, id string, v sign.Verifier) error {
 		return err
 	}
 	unix.Chdir("/")
+	initPath := DefaultInit
+	if asked != "" {
+		if err := VerifiedInit("/", asked); err != nil {
+			fmt.Fprintf(log, "kiln: refusing init=%s from OEM's kiln.conf: %v; starting %s\n", asked, err, DefaultInit)
+		} else {
+			initPath = asked
+		}
+	}
+	if asked == "" || initPath != asked {
+		if err := VerifiedInit("/", initPath); err != nil {
+			return fmt.Errorf("the default init: %w", err)
+		}
+	}
+	fmt.Fprintf(log, "kiln: %s holds %s %s; /usr on %s through dm-verity; starting %s\n", e.Label, rec.Record.Name, rec.Record.Version, usr, initPath)
 	return unix.Exec(initPath, []string{initPath}, []string{"PATH=/usr/sbin:/usr/bin", "HOME=/"})
+}
+
+// usrMerged are the top-level names that must be links into /usr, so that
+// nothing on the writable ROOT stands where the system looks for programs
+// and libraries (the dynamic loader included).
+var usrMerged = []string{"bin", "sbin", "lib", "lib32", "lib64", "libx32"}
+
+// mergedUsr makes root/bin, sbin, lib, lib32, lib64 and libx32 the links
+// usr/NAME, for those that /usr has. Anything else found there on ROOT
+// (a directory, a file, another link) is moved aside to NAME.kiln-refused
+// and said on the console: ROOT is writable and unverified, and a program
+// or library there would run with the verified /usr around it.
+func mergedUsr(log io.Writer, root string) error {
+	for _, n := range usrMerged {
+		if _, err := os.Lstat(filepath.Join(root, "usr", n)); err != nil {
+			continue
+		}
+		p := filepath.Join(root, n)
+		want := "usr/" + n
+		if target, err := os.Readlink(p); err == nil && target == want {
+			continue
+		}
+		if _, err := os.Lstat(p); err == nil {
+			aside := p + ".kiln-refused"
+			for i := 1; ; i++ {
+				if _, err := os.Lstat(aside); err != nil {
+					break
+				}
+				aside = fmt.Sprintf("%s.kiln-refused.%d", p, i)
+			}
+			if err := os.Rename(p, aside); err != nil {
+				return fmt.Errorf("ROOT's /%s is not the link %s and cannot be moved aside: %w", n, want, err)
+			}
+			fmt.Fprintf(log, "kiln: ROOT's /%s was not the link %s: moved to /%s\n", n, want, filepath.Base(aside))
+		}
+		if err := os.Symlink(want, p); err != nil {
+			return fmt.Errorf("linking /%s to %s: %w", n, want, err)
+		}
+	}
+	return nil
+}
+
+// VerifiedInit checks that path, seen from root (the switched root of the
+// slot), is a program on the verified /usr: an absolute, clean path under
+// /usr or one of the merged names (/sbin, /bin, …), whose file, after every
+// link, is a regular executable file on the same filesystem as root/usr.
+func VerifiedInit(root, path string) error {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return fmt.Errorf("%q is not a clean absolute path", path)
+	}
+	top, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	allowed := top == "usr"
+	for _, n := range usrMerged {
+		allowed = allowed || top == n
+	}
+	if !allowed {
+		return fmt.Errorf("%s is not under /usr", path)
+	}
+	var usr, st unix.Stat_t
+	if err := unix.Stat(filepath.Join(root, "usr"), &usr); err != nil {
+		return fmt.Errorf("/usr: %w", err)
+	}
+	if err := unix.Stat(filepath.Join(root, path), &st); err != nil {
+		return err
+	}
+	if st.Dev != usr.Dev {
+		return fmt.Errorf("%s is not on the verified /usr (device %d:%d, /usr is %d:%d)", path,
+			unix.Major(st.Dev), unix.Minor(st.Dev), unix.Major(usr.Dev), unix.Minor(usr.Dev))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o111 == 0 {
+		return fmt.Errorf("%s is not an executable file", path)
+	}
+	return nil
 }
 
 // oemConfig reads KEY=VALUE lines.
@@ -373,4 +436,14 @@ func oemConfig(path string) map[string]string {
 		}
 	}
 	return out
+}
+
+// fullCheck reads slot e's whole dm-verity tree against its signed root.
+func fullCheck(d *layout.Disk, e *layout.Entry, rec *slot.Signed) error {
+	root, err := rec.Record.Verity.Root()
+	if err != nil {
+		return err
+	}
+	_, err = verity.Verify(io.NewSectionReader(d, e.Offset(), e.Size()), 0, rec.Record.Verity.HashOffset, root)
+	return err
 }

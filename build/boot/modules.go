@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 )
@@ -24,12 +25,19 @@ func modName(s string) string { return strings.ReplaceAll(s, "-", "_") }
 // /lib/modules/VERSION) and every module they depend on, read from each
 // module's own .modinfo "depends=" (so no modules.dep is needed), and
 // returns them in an order the kernel can load them: dependencies first.
-// Only plain .ko files are read.
+// Only plain .ko files are read. A name the kernel has built in (listed
+// in dir's modules.builtin) needs no file and is left out.
 func ResolveModules(dir string, names []string) ([]Module, error) {
 	index := map[string]string{}
 	root, err := filepath.EvalSymlinks(dir) // Debian's /lib/modules/current-style links
 	if err != nil {
 		return nil, fmt.Errorf("kernel modules: %w", err)
+	}
+	builtin := map[string]bool{}
+	if b, err := os.ReadFile(filepath.Join(root, "modules.builtin")); err == nil {
+		for _, l := range strings.Fields(string(b)) {
+			builtin[modName(strings.TrimSuffix(path.Base(l), ".ko"))] = true
+		}
 	}
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -52,6 +60,9 @@ func ResolveModules(dir string, names []string) ([]Module, error) {
 		case 1:
 			return fmt.Errorf("kernel module %s: dependency cycle through %s", name, from)
 		case 2:
+			return nil
+		}
+		if builtin[name] {
 			return nil
 		}
 		p, ok := index[name]

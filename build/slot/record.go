@@ -29,7 +29,11 @@ type Record struct {
 	Name    string `json:"name"`
 	Version string `json:"version"`
 	Channel string `json:"channel,omitempty"`
-	Verity  Verity `json:"verity"`
+	// RollbackFloor, when set, is the oldest release the node may boot
+	// once this release has been marked good (the boot-time version
+	// floor rises to it).
+	RollbackFloor string `json:"rollback_floor,omitempty"`
+	Verity        Verity `json:"verity"`
 }
 
 // Verity is the dm-verity setup of a slot, as veritysetup names it.
@@ -125,6 +129,11 @@ func Decode(b []byte) (*Signed, error) {
 	}
 	if _, err := s.Record.Verity.Root(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	if f := s.Record.RollbackFloor; f != "" {
+		if err := (Floor{Version: f, From: "its own rollback floor"}).Admits(s.Record.Version); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
+		}
 	}
 	return s, nil
 }

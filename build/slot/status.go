@@ -46,6 +46,14 @@ type Info struct {
 	// "verified", "not checked (no key)", "unsigned", "none" or
 	// "INVALID: …".
 	Record string `json:"record"`
+	// RollbackFloor is the floor the release declares ("" for none).
+	RollbackFloor string `json:"rollback_floor,omitempty"`
+	// Unconfirmed counts the boots of a good slot that mark-good has not
+	// confirmed (see MaxUnconfirmedBoots).
+	Unconfirmed int `json:"unconfirmed_boots,omitempty"`
+	// BelowFloor is set when the release is below the version floor: the
+	// boot path refuses it.
+	BelowFloor bool `json:"below_floor,omitempty"`
 }
 
 // Status is the A/B state of a disk.
@@ -55,6 +63,10 @@ type Status struct {
 	Running   bool   `json:"running"`
 	Next      string `json:"next,omitempty"`
 	NextWhy   string `json:"next_why"`
+	// Floor is the version floor the disk's good slots declare (a TPM may
+	// hold a higher one, which only the node's boot path reads).
+	Floor     string `json:"floor,omitempty"`
+	FloorFrom string `json:"floor_from,omitempty"`
 	Slots     []Info `json:"slots"`
 }
 
@@ -72,8 +84,9 @@ func ReadStatus(r io.ReaderAt, t *layout.Table, b Booted, v sign.Verifier) *Stat
 		s.Next, s.NextWhy = next.Label, why
 	}
 	roles := RolesOf(t, b.Entry)
+	declared := map[*layout.Entry]*Record{}
 	for i, e := range t.Slots() {
-		in := Info{Label: e.Label, Number: e.Number, GUID: e.GUID, State: e.Slot(), Roles: roles[i]}
+		in := Info{Label: e.Label, Number: e.Number, GUID: e.GUID, State: e.Slot(), Roles: roles[i], Unconfirmed: Unconfirmed(e.Slot())}
 		in.TrialFailed = b.Running && e != b.Entry && OnTrial(e.Slot()) && e.Slot().Tries == 0
 		rec, err := Read(io.NewSectionReader(r, e.Offset(), e.Size()), e.Size())
 		switch {
@@ -82,7 +95,7 @@ func ReadStatus(r io.ReaderAt, t *layout.Table, b Booted, v sign.Verifier) *Stat
 		case err != nil:
 			in.Record = "INVALID: " + err.Error()
 		default:
-			in.Version = rec.Record.Version
+			in.Version, in.RollbackFloor = rec.Record.Version, rec.Record.RollbackFloor
 			switch {
 			case len(rec.Signature) == 0:
 				in.Record = "unsigned"
@@ -95,8 +108,21 @@ func ReadStatus(r io.ReaderAt, t *layout.Table, b Booted, v sign.Verifier) *Stat
 					in.Record = "verified"
 				}
 			}
+			if in.Record == "verified" || in.Record == "not checked (no key)" {
+				declared[e] = &rec.Record
+			}
 		}
 		s.Slots = append(s.Slots, in)
+	}
+	if f, err := DiskFloor(t, declared); err == nil && f.Version != "" {
+		s.Floor, s.FloorFrom = f.Version, f.From
+		if v == nil {
+			s.FloorFrom += " (signature not checked: no key)"
+		}
+		for i := range s.Slots {
+			in := &s.Slots[i]
+			in.BelowFloor = in.Version != "" && errors.Is(f.Admits(in.Version), ErrBelowFloor)
+		}
 	}
 	return s
 }

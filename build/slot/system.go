@@ -72,28 +72,63 @@ func devName(dev uint64) string {
 	return fmt.Sprintf("%d:%d", unix.Major(dev), unix.Minor(dev))
 }
 
-// partitionOf follows block device dev down its device-mapper slaves to a
-// partition of the disk diskDev and returns its number (0: none) and the
-// chain of devices it went through.
+// partitionOf returns the number of the partition of the disk diskDev
+// under block device dev (0: none) and the chain of devices it went
+// through.
 func (s System) partitionOf(dev, diskDev string, depth int) (int, string, error) {
+	dir, chain, err := s.partitionDir(dev, depth)
+	if err != nil || dir == "" {
+		return 0, "", err
+	}
+	parent, err := os.ReadFile(filepath.Join(filepath.Dir(dir), "dev"))
+	if err != nil || strings.TrimSpace(string(parent)) != diskDev {
+		return 0, "", nil
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "partition"))
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, "", fmt.Errorf("slot: %s/partition: %w", dir, err)
+	}
+	return n, chain, nil
+}
+
+// ErrNotBooted is returned by BootedDisk when the running system's /usr
+// is not on a partition of a disk (no kiln slot is booted here).
+var ErrNotBooted = errors.New("slot: the running system's /usr is not on a disk partition")
+
+// BootedDisk returns the device node of the disk the running system
+// booted from: the disk holding the partition under /usr, through any
+// stack of device-mapper targets (dm-verity).
+func (s System) BootedDisk() (string, error) {
+	usr := s.path(s.Usr, "/usr")
+	var st unix.Stat_t
+	if err := unix.Stat(usr, &st); err != nil {
+		return "", fmt.Errorf("slot: %s: %w", usr, err)
+	}
+	part, _, err := s.partitionDir(devName(st.Dev), 0)
+	if err != nil {
+		return "", err
+	}
+	if part == "" {
+		return "", fmt.Errorf("%w (%s is on device %s); name the disk", ErrNotBooted, usr, devName(st.Dev))
+	}
+	return "/dev/" + filepath.Base(filepath.Dir(part)), nil
+}
+
+// partitionDir follows block device dev down its device-mapper slaves to
+// a partition and returns its /sys directory ("" when there is none) and
+// the chain of devices it went through ("dm-0 → vda4").
+func (s System) partitionDir(dev string, depth int) (string, string, error) {
 	if depth > 8 {
-		return 0, "", errors.New("slot: device-mapper stack deeper than 8 in /sys")
+		return "", "", errors.New("slot: device-mapper stack deeper than 8 in /sys")
 	}
 	dir, err := filepath.EvalSymlinks(filepath.Join(s.path(s.Sys, "/sys"), "dev", "block", dev))
 	if err != nil {
-		return 0, "", nil // not a block device (tmpfs, overlay): not ours
+		return "", "", nil // not a block device (tmpfs, overlay): not ours
 	}
 	name := filepath.Base(dir)
-	if b, err := os.ReadFile(filepath.Join(dir, "partition")); err == nil {
-		parent, err := os.ReadFile(filepath.Join(filepath.Dir(dir), "dev"))
-		if err != nil || strings.TrimSpace(string(parent)) != diskDev {
-			return 0, "", nil
-		}
-		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			return 0, "", fmt.Errorf("slot: %s/partition: %w", dir, err)
-		}
-		return n, name, nil
+	if _, err := os.Stat(filepath.Join(dir, "partition")); err == nil {
+		return dir, name, nil
 	}
 	slaves, _ := os.ReadDir(filepath.Join(dir, "slaves"))
 	for _, sl := range slaves {
@@ -101,10 +136,9 @@ func (s System) partitionOf(dev, diskDev string, depth int) (int, string, error)
 		if err != nil {
 			continue
 		}
-		n, chain, err := s.partitionOf(strings.TrimSpace(string(b)), diskDev, depth+1)
-		if err != nil || n > 0 {
-			return n, name + " → " + chain, err
+		if p, chain, err := s.partitionDir(strings.TrimSpace(string(b)), depth+1); err != nil || p != "" {
+			return p, name + " → " + chain, err
 		}
 	}
-	return 0, "", nil
+	return "", "", nil
 }

@@ -1,6 +1,7 @@
 package slot
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -48,6 +49,9 @@ func TestBootedFollowsDeviceMapperToThePartition(t *testing.T) {
 		t.Fatalf("booted %v (%s) %v, want USR-B", e, how, err)
 	}
 	t.Log(how)
+	if d, err := (System{Sys: sys, Usr: usr}).BootedDisk(); err != nil || d != "/dev/vda" {
+		t.Fatalf("BootedDisk = %q, %v; want /dev/vda", d, err)
+	}
 	b, err := FindBooted(System{Sys: sys, Usr: usr}, disk, tb)
 	if err != nil || !b.Running || b.Entry.Label != "USR-B" {
 		t.Fatalf("FindBooted: %+v %v", b, err)
@@ -63,6 +67,10 @@ func TestBootedFollowsDeviceMapperToThePartition(t *testing.T) {
 	mk("devices/pci/block/vda/vda4", map[string]string{"dev": "252:4", "partition": "1"})
 	if _, _, err := (System{Sys: sys, Usr: usr}).Booted(disk, tb); err == nil {
 		t.Fatal("a /usr on the ESP was accepted")
+	}
+	// /usr on no partition (a tmpfs, an overlay): no booted disk.
+	if d, err := (System{Sys: t.TempDir(), Usr: usr}).BootedDisk(); !errors.Is(err, ErrNotBooted) {
+		t.Fatalf("BootedDisk with /usr on no disk = %q, %v", d, err)
 	}
 	// An image file is never the running disk: the slot bits tell.
 	img, _ := os.Create(filepath.Join(t.TempDir(), "disk.img"))

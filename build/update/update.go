@@ -24,6 +24,7 @@ import (
 	"github.com/kiln-os/kiln/build/payload"
 	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verify"
+	"github.com/kiln-os/kiln/build/version"
 	"github.com/kiln-os/kiln/build/verity"
 	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/sign"
@@ -242,11 +243,11 @@ func checkRecord(r *Release, img *payload.Image, s sign.Signer) error {
 
 // checkNewer refuses when newV is older than oldV.
 func checkNewer(oldV, newV string) error {
-	ov, err := build.ParseVersion(oldV)
+	ov, err := version.Parse(oldV)
 	if err != nil {
 		return fmt.Errorf("installed version: %w", err)
 	}
-	nv, err := build.ParseVersion(newV)
+	nv, err := version.Parse(newV)
 	if err != nil {
 		return fmt.Errorf("payload version: %w", err)
 	}

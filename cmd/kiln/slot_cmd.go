@@ -49,7 +49,8 @@ func printSlotStatus(g *globals, s *slot.Status) {
 		for _, r := range []struct {
 			on   bool
 			name string
-		}{{sl.Booted, "booted"}, {sl.Next, "next"}, {sl.OnTrial, "on trial"}, {sl.TrialFailed, "trial failed"}, {sl.Fallback, "fallback"}} {
+		}{{sl.Booted, "booted"}, {sl.Next, "next"}, {sl.OnTrial, "on trial"}, {sl.TrialFailed, "trial failed"}, {sl.Fallback, "fallback"},
+			{sl.Unconfirmed > 0, fmt.Sprintf("%d boot(s) not confirmed by mark-good", sl.Unconfirmed)}, {sl.BelowFloor, "below the version floor"}} {
 			if r.on {
 				roles = append(roles, r.name)
 			}
@@ -71,6 +72,9 @@ func printSlotStatus(g *globals, s *slot.Status) {
 	} else {
 		fmt.Fprintf(w, "next boot: none: %s\n", s.NextWhy)
 	}
+	if s.Floor != "" {
+		fmt.Fprintf(w, "version floor: %s, %s\n", s.Floor, s.FloorFrom)
+	}
 }
 
 // statusOf reads the slot status of an open disk.
@@ -82,17 +86,36 @@ func statusOf(d *layout.Disk, t *layout.Table, v sign.Verifier) (*slot.Status, e
 	return slot.ReadStatus(d.File, t, b, v), nil
 }
 
+// bootedDisk returns the disk argument, or with none, the disk the
+// running system booted from.
+func bootedDisk(args []string) (string, error) {
+	if len(args) > 0 {
+		return args[0], nil
+	}
+	disk, err := slot.System{}.BootedDisk()
+	if err != nil {
+		return "", usageError(fmt.Errorf("no DISK given and %w", err))
+	}
+	return disk, nil
+}
+
 func newSlotStatusCommand(g *globals) *cobra.Command {
 	var key string
 	c := &cobra.Command{
-		Use:   "status DISK [--key PUBKEY]",
+		Use:   "status [DISK] [--key PUBKEY]",
 		Short: "Show each USR slot's state, release and role: booted, next (GRUB gptprio's rule), on trial, fallback",
-		Args:  cobra.ExactArgs(1),
+		Long:  "Without DISK, the disk the running system booted from (the disk under /usr).",
+		Args:  cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := loadOptionalVerifier(cmd, key)
 			if err != nil {
 				return err
 			}
+			disk, err := bootedDisk(args)
+			if err != nil {
+				return err
+			}
+			args = []string{disk}
 			d, err := openDisk(args[0], false)
 			if err != nil {
 				return err
@@ -180,15 +203,23 @@ func changeSlotsOn(g *globals, d *layout.Disk, change func(*layout.Table, slot.B
 
 func newSlotMarkGoodCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "mark-good DISK [SLOT]",
+		Use:   "mark-good [DISK [SLOT]]",
 		Short: "Mark the booted slot (or SLOT) as successfully booted",
-		Long: "Marks the slot that is booted: on the running system, the partition under /usr (through dm-verity);\n" +
+		Long: "Without DISK, the disk the running system booted from (the disk under /usr).\n" +
+			"Marks the slot that is booted: on the running system, the partition under /usr (through dm-verity);\n" +
 			"on a disk image, the slot GRUB's gptprio tried last (tries used up, not yet good), else the good slot\n" +
-			"with the highest priority; or the SLOT named. It gets successful=1, tries=0 and priority 2, and every\n" +
-			"other slot in the boot order priority 1, so priorities never climb to the ceiling of 15.",
-		Args: cobra.RangeArgs(1, 2),
+			"with the highest priority; or the SLOT named. It gets successful=1 and tries=0 (for a good slot the boot\n" +
+			"path counts unconfirmed boots in the tries bits: run mark-good on every boot once the system is up).\n" +
+			"When it has the highest priority it gets priority 2 and every other slot in the boot order priority 1,\n" +
+			"so priorities never climb to the ceiling of 15; a slot that outranks it (an update waiting for its\n" +
+			"trial) keeps its priority, and so does the slot marked.",
+		Args: cobra.RangeArgs(0, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return changeSlots(g, args[0], func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
+			disk, err := bootedDisk(args)
+			if err != nil {
+				return err
+			}
+			return changeSlots(g, disk, func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
 				e := b.Entry
 				if len(args) == 2 {
 					var err error
