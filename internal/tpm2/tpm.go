@@ -2,11 +2,8 @@ package tpm2
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"sync"
 	"time"
 )
@@ -35,30 +32,6 @@ type TPM struct {
 	rw     io.ReadWriter
 	stream bool // responses framed by their header's size, not one per read
 	buf    []byte
-}
-
-// Open opens a TPM character device, where each write is one command and
-// each read one whole response. An empty path means DevTPMRM, or DevTPM
-// if the kernel has no resource manager device.
-func Open(path string) (*TPM, error) {
-	if path == "" {
-		path = DevTPMRM
-		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-			path = DevTPM
-		}
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("tpm2: %w", err)
-	}
-	if fi.Mode()&fs.ModeCharDevice == 0 {
-		return nil, fmt.Errorf("tpm2: %s is not a character device", path)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("tpm2: %w", err)
-	}
-	return newDevice(f), nil
 }
 
 // newDevice is a TPM over rw with a character device's framing.
