@@ -119,15 +119,15 @@ func TestBootLifecycle(t *testing.T) {
 	// init fails at once.
 	good := `#!/bin/sh
 export PATH=/usr/bin:/usr/sbin
-st=$(kiln slot status /dev/vda)
+st=$(kiln slot status)
 echo "$st"
 b=$(echo "$st" | grep '^booted:' | cut -d: -f2 | tr -d ' ')
 v=$(echo "$st" | awk -v s="$b" '$1 == s {print $6}')
 echo "KILN-TEST booted=$b version=$v"
-kiln slot mark-good /dev/vda
+kiln slot mark-good
 if [ -b /dev/vdb ]; then
 	mkdir -p /mnt && mount -o ro /dev/vdb /mnt &&
-	kiln payload apply -q /mnt/update.payload --disk /dev/vda --key /usr/share/kiln/release.pub && echo "KILN-TEST applied"
+	kiln payload apply -q /mnt/update.payload --key /usr/share/kiln/release.pub && echo "KILN-TEST applied"
 fi
 sync
 poweroff -f

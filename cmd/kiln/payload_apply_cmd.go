@@ -15,7 +15,7 @@ func newPayloadApplyCommand(g *globals) *cobra.Command {
 	var disk, key string
 	var allowDowngrade, quiet bool
 	c := &cobra.Command{
-		Use:   "apply PAYLOAD --disk DISK --key PUBKEY [--allow-downgrade] [-q]",
+		Use:   "apply PAYLOAD [--disk DISK] --key PUBKEY [--allow-downgrade] [-q]",
 		Short: "Install a payload into the passive USR slot, verify it on the device, then make it boot next on trial",
 		Long: "Before changing anything: checks the payload's signatures and data hashes; finds the booted slot (on the\n" +
 			"running system the partition under /usr, else from the slot bits) and refuses while it is on trial;\n" +
@@ -26,8 +26,14 @@ func newPayloadApplyCommand(g *globals) *cobra.Command {
 			"changes. Interrupted, the slot stays out of the boot order; run apply again.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if disk == "" || key == "" {
-				return usageError(errors.New("payload apply: --disk and --key are required"))
+			if key == "" {
+				return usageError(errors.New("payload apply: --key is required"))
+			}
+			if disk == "" {
+				var err error
+				if disk, err = bootedDisk(nil); err != nil {
+					return err
+				}
 			}
 			v, err := sign.LoadVerifier(cmd.Context(), key)
 			if err != nil {
@@ -72,7 +78,7 @@ func newPayloadApplyCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&disk, "disk", "", "disk image or block device holding the A/B USR slots")
+	c.Flags().StringVar(&disk, "disk", "", "disk image or block device holding the A/B USR slots (default: the disk the running system booted from)")
 	c.Flags().StringVar(&key, "key", "", "public key the payload and the release records must be signed with")
 	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "install a release older than the booted slot's")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")

@@ -41,8 +41,8 @@ cat >"$dir/usr/lib/bootable/init" <<'INIT'
 # which slot and release booted, bless the slot, power off.
 export PATH=/usr/bin:/usr/sbin
 echo "bootable: up; kiln slot status:"
-kiln slot status /dev/vda
-kiln slot mark-good /dev/vda
+kiln slot status
+kiln slot mark-good
 poweroff -f
 INIT
 chmod 755 "$dir/usr/lib/bootable/init"
