@@ -131,19 +131,20 @@ func (f *Floor) Write(value string) error {
 	if len(value) == 0 || len(value) > MaxFloorLen {
 		return fmt.Errorf("%w: %d bytes, want 1 to %d", ErrFloorValue, len(value), MaxFloorLen)
 	}
+	want := NVPublic{Index: idx, NameAlg: AlgSHA256, Attributes: FloorAttributes, Size: floorSize}
 	pub, err := f.TPM.NVReadPublic(idx)
-	switch {
-	case errors.Is(err, ErrIndexUndefined):
-		pub = NVPublic{Index: idx, NameAlg: AlgSHA256, Attributes: FloorAttributes, Size: floorSize}
-		if err := f.TPM.NVDefineSpace(pub); err != nil {
-			return err
+	if errors.Is(err, ErrIndexUndefined) {
+		pub, err = want, f.TPM.NVDefineSpace(want)
+		if errors.Is(err, ErrIndexDefined) {
+			// Defined in the meantime, by kiln or not: check it as found.
+			pub, err = f.TPM.NVReadPublic(idx)
 		}
-	case err != nil:
+	}
+	if err != nil {
 		return err
-	default:
-		if err := checkFloor(pub); err != nil {
-			return err
-		}
+	}
+	if err := checkFloor(pub); err != nil {
+		return err
 	}
 	data := make([]byte, floorSize)
 	binary.BigEndian.PutUint16(data, uint16(len(value)))

@@ -61,6 +61,7 @@ func startSwtpmDir(t *testing.T, dir string) *swtpm {
 			"--tpmstate", "dir="+dir,
 			"--flags", "not-need-init,startup-clear")
 		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+		s.cmd.SysProcAttr = procAttr()
 		if err := s.cmd.Start(); err != nil {
 			t.Fatalf("starting swtpm: %v", err)
 		}

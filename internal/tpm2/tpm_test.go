@@ -319,3 +319,21 @@ func FuzzResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestFloorDefineRace: an index defined between Write's NV_ReadPublic and
+// its NV_DefineSpace is checked as found.
+func TestFloorDefineRace(t *testing.T) {
+	undefined, defined := rsp(0x18B, false, nil), rsp(RCNVDefined, false, nil)
+	foreign := append(marshalNVPublic(NVPublic{Index: DefaultFloorIndex, NameAlg: AlgSHA256, Attributes: FloorAttributes, Size: 32}), 0, 0)
+	f := &fakeTPM{rsp: [][]byte{undefined, defined, rsp(RCSuccess, false, foreign)}}
+	if err := (&Floor{TPM: newDevice(f)}).Write("1"); !errors.Is(err, ErrNotFloor) {
+		t.Fatalf("Write over a foreign index defined meanwhile: %v, want ErrNotFloor", err)
+	}
+	f = &fakeTPM{rsp: [][]byte{undefined, defined, rsp(RCSuccess, false, floorPublic(0)), rsp(RCSuccess, true, nil)}}
+	if err := (&Floor{TPM: newDevice(f)}).Write("1"); err != nil {
+		t.Fatalf("Write over a floor index defined meanwhile: %v", err)
+	}
+	if len(f.cmds) != 4 || !bytes.Equal(f.cmds[3][6:10], []byte{0, 0, 1, 0x37}) {
+		t.Fatalf("commands %x, want the last an NV_Write", f.cmds)
+	}
+}
