@@ -32,18 +32,19 @@ type TPM struct {
 	rw     io.ReadWriter
 	stream bool // responses framed by their header's size, not one per read
 	buf    []byte
+	sleep  func(time.Duration) // between retries; time.Sleep
 }
 
 // newDevice is a TPM over rw with a character device's framing.
 func newDevice(rw io.ReadWriter) *TPM {
-	return &TPM{rw: rw, buf: make([]byte, maxMessage)}
+	return &TPM{rw: rw, buf: make([]byte, maxMessage), sleep: time.Sleep}
 }
 
 // NewConn is a TPM over a byte stream such as swtpm's TCP server port
 // (swtpm socket --server type=tcp,...): each response is read as its
 // header's size says. If rw is an io.Closer, Close closes it.
 func NewConn(rw io.ReadWriter) *TPM {
-	return &TPM{rw: rw, stream: true, buf: make([]byte, maxMessage)}
+	return &TPM{rw: rw, stream: true, buf: make([]byte, maxMessage), sleep: time.Sleep}
 }
 
 // Close closes the device or connection.
@@ -106,7 +107,7 @@ func (t *TPM) run(c *command) ([]byte, error) {
 		case rc == RCSuccess:
 			return params, nil
 		case (rc == RCRetry || rc == RCYielded || rc == RCTesting) && try < retries:
-			time.Sleep(wait)
+			t.sleep(wait)
 			wait *= 2
 			continue
 		}

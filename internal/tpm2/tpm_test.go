@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fakeTPM is a character device that answers each command with the next
@@ -165,18 +166,24 @@ func TestMalformedResponses(t *testing.T) {
 
 func TestRetry(t *testing.T) {
 	f := &fakeTPM{rsp: [][]byte{rsp(RCRetry, false, nil), rsp(RCYielded, false, nil), rsp(RCSuccess, false, []byte{})}}
-	if err := newDevice(f).Startup(); err != nil {
+	var waits []time.Duration
+	tpm := newDevice(f)
+	tpm.sleep = func(d time.Duration) { waits = append(waits, d) }
+	if err := tpm.Startup(); err != nil {
 		t.Fatalf("Startup after RETRY, YIELDED: %v", err)
 	}
-	if len(f.cmds) != 3 {
-		t.Fatalf("%d commands sent, want 3", len(f.cmds))
+	if len(f.cmds) != 3 || len(waits) != 2 || waits[1] != 2*waits[0] {
+		t.Fatalf("%d commands sent, waits %v; want 3 and two, doubling", len(f.cmds), waits)
 	}
 	f = &fakeTPM{}
 	for i := 0; i <= retries; i++ {
 		f.rsp = append(f.rsp, rsp(RCRetry, false, nil))
 	}
-	if err := newDevice(f).Startup(); !strings.Contains(err.Error(), "TPM_RC_RETRY") {
-		t.Fatalf("Startup answered RETRY always: %v", err)
+	waits = nil
+	tpm = newDevice(f)
+	tpm.sleep = func(d time.Duration) { waits = append(waits, d) }
+	if err := tpm.Startup(); err == nil || !strings.Contains(err.Error(), "TPM_RC_RETRY") || len(waits) != retries {
+		t.Fatalf("Startup answered RETRY always: %v after %d waits", err, len(waits))
 	}
 }
 
