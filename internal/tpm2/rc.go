@@ -137,6 +137,8 @@ type Error struct {
 	handles []Handle // the command's handles, to resolve Code.Handle()
 }
 
+// Error names the command, the index and the code:
+// "tpm2: NV_Write 0x01004B4C: TPM_RC_NV_LOCKED (0x148)".
 func (e *Error) Error() string {
 	if e.Index != 0 {
 		return fmt.Sprintf("tpm2: %s %s: %s", e.Command, e.Index, e.Code)

@@ -51,7 +51,7 @@ const (
 // IsNV reports whether h is in the NV index range, 0x01000000–0x01FFFFFF.
 func (h Handle) IsNV() bool { return h>>24 == 0x01 }
 
-// String is the handle in hex, as tpm2-tools prints it: "0x01004B4C".
+// String is the handle in hex, eight digits: "0x01004B4C".
 func (h Handle) String() string { return fmt.Sprintf("0x%08X", uint32(h)) }
 
 // Alg is a TPM_ALG_ID.
