@@ -15,17 +15,17 @@
 // binaries that define, read, write and lock an index, it adds 1.12 MiB
 // to a 1.52 MiB program (+74 %) and 284 KiB to kiln (0.8 %), with one
 // module and five packages (tpm2, its transport and linuxtpm, legacy/tpm2,
-// tpmutil); this package adds 140 KiB and 44 KiB (0.13 %), no module,
-// in 690 lines of code. The library's cost in kiln itself is small, but kiln would
-// have written most of this package anyway: go-tpm's TCP transport speaks
-// the Microsoft simulator's framing, not swtpm's raw one; its errors would
-// need renaming to carry the index; and its NV_Read answers a response
-// with no parameters with success and no data, where the floor needs
-// every length checked. Five commands of fixed layout did not justify a
-// pre-1.0 dependency.
+// tpmutil); this package adds 140 KiB and 44 KiB (0.13 %), no module, in
+// 690 lines of code. In kiln the library's bytes are cheap, but most of
+// this package would have been needed around it: go-tpm's TCP transport
+// speaks the Microsoft simulator's framing, not swtpm's raw one; its
+// errors do not carry the index; its NV_Read answers a response with no
+// parameters with success and no data, where the floor needs every length
+// checked; and the floor itself. Seven commands of fixed layout did not
+// justify a pre-1.0 dependency.
 //
-// The floor's protection rests on the owner hierarchy: with an empty owner
-// auth, software that reaches the TPM before the floor is locked, or
-// code running as root afterwards, can undefine and redefine the index.
-// It stops an offline edit of the disk, not a compromised running system.
+// The floor stops an offline edit of the disk, not a running attacker:
+// with the owner auth empty, as TPMs ship, whoever can send the TPM
+// commands (root on the booted system included, write-locked or not) can
+// undefine the index and define it anew.
 package tpm2

@@ -34,14 +34,14 @@ func (t *TPM) NVReadPublic(index Handle) (NVPublic, error) {
 	pr := reader{b: r.sized()}
 	r.sized()
 	if err := r.done(); err != nil {
-		return NVPublic{}, &malformedError{CCNVReadPublic, fmt.Errorf("parameters: %w", err)}
+		return NVPublic{}, &malformedError{cmdName(CCNVReadPublic, index), fmt.Errorf("parameters: %w", err)}
 	}
 	pub, err := parseNVPublic(&pr)
 	if err != nil {
-		return NVPublic{}, &malformedError{CCNVReadPublic, fmt.Errorf("nvPublic: %w", err)}
+		return NVPublic{}, &malformedError{cmdName(CCNVReadPublic, index), fmt.Errorf("nvPublic: %w", err)}
 	}
 	if pub.Index != index {
-		return NVPublic{}, &malformedError{CCNVReadPublic, fmt.Errorf("index %s, asked for %s", pub.Index, index)}
+		return NVPublic{}, &malformedError{cmdName(CCNVReadPublic, index), fmt.Errorf("index %s, asked for %s", pub.Index, index)}
 	}
 	return pub, nil
 }
@@ -122,10 +122,10 @@ func (t *TPM) NVRead(index Handle, offset, size uint16) ([]byte, error) {
 	r := reader{b: rsp}
 	data := r.sized()
 	if err := r.done(); err != nil {
-		return nil, &malformedError{CCNVRead, fmt.Errorf("parameters: %w", err)}
+		return nil, &malformedError{cmdName(CCNVRead, index), fmt.Errorf("parameters: %w", err)}
 	}
 	if len(data) != int(size) {
-		return nil, &malformedError{CCNVRead, fmt.Errorf("%d bytes, asked for %d", len(data), size)}
+		return nil, &malformedError{cmdName(CCNVRead, index), fmt.Errorf("%d bytes, asked for %d", len(data), size)}
 	}
 	return append([]byte(nil), data...), nil
 }

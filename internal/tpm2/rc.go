@@ -140,10 +140,7 @@ type Error struct {
 // Error names the command, the index and the code:
 // "tpm2: NV_Write 0x01004B4C: TPM_RC_NV_LOCKED (0x148)".
 func (e *Error) Error() string {
-	if e.Index != 0 {
-		return fmt.Sprintf("tpm2: %s %s: %s", e.Command, e.Index, e.Code)
-	}
-	return fmt.Sprintf("tpm2: %s: %s", e.Command, e.Code)
+	return fmt.Sprintf("tpm2: %s: %s", cmdName(e.Command, e.Index), e.Code)
 }
 
 // Is matches ErrNVLocked, ErrIndexDefined, ErrUninitialized, and

@@ -55,14 +55,26 @@ func (t *TPM) Close() error {
 	return nil
 }
 
-// command is one command to send: its code, handles (those before auth
-// take a password session with an empty password) and parameters.
+// command is one command to send: its code, handles and parameters, and
+// whether the first handle is authorized (a password session, empty
+// password).
 type command struct {
 	cc      CC
 	index   Handle   // the NV index it is about, for errors
 	handles []Handle // all command handles, in order
 	auth    bool     // one password session, for handles[0]
 	params  []byte
+}
+
+func (c *command) String() string { return cmdName(c.cc, c.index) }
+
+// cmdName names a command and the index it is about, if any:
+// "NV_Read 0x01004B4C", "Startup".
+func cmdName(cc CC, index Handle) string {
+	if index != 0 {
+		return cc.String() + " " + index.String()
+	}
+	return cc.String()
 }
 
 // marshal lays out the command (Part 1, 18.2; Part 3, 4.2).
@@ -97,11 +109,11 @@ func (t *TPM) run(c *command) ([]byte, error) {
 	for try := 0; ; try++ {
 		rsp, err := t.transact(cmd)
 		if err != nil {
-			return nil, fmt.Errorf("tpm2: %s: %w", c.cc, err)
+			return nil, fmt.Errorf("tpm2: %s: %w", c, err)
 		}
 		params, rc, err := parseResponse(rsp, c.auth)
 		if err != nil {
-			return nil, &malformedError{c.cc, err}
+			return nil, &malformedError{c.String(), err}
 		}
 		switch {
 		case rc == RCSuccess:
@@ -183,12 +195,12 @@ func parseResponse(b []byte, auth bool) (params []byte, rc RC, err error) {
 // malformedError is a response that does not parse; it matches
 // ErrMalformed.
 type malformedError struct {
-	cc  CC
+	cmd string // the command, and its index
 	err error
 }
 
 func (e *malformedError) Error() string {
-	return fmt.Sprintf("tpm2: %s: malformed response: %v", e.cc, e.err)
+	return fmt.Sprintf("tpm2: %s: malformed response: %v", e.cmd, e.err)
 }
 
 func (e *malformedError) Is(target error) bool { return target == ErrMalformed }
