@@ -183,19 +183,41 @@ func describeSigners(pe []byte, im *Image) string {
 	return "by " + strings.Join(names, ", ")
 }
 
+// Signed describes what SignFile wrote.
+type Signed struct {
+	// Digest is the signed image's Authenticode SHA-256 hash.
+	Digest []byte
+	// Replaced are the signers of the signatures the input carried and
+	// Options.Replace dropped.
+	Replaced []*x509.Certificate
+	// Size is the signed image's size in bytes.
+	Size int64
+}
+
 // SignFile signs the image in the file in with s and cert (as Sign) and
 // writes it to out through a temporary file and a rename: out is either
-// the whole signed image or untouched.
-func SignFile(in, out string, s sign.Signer, cert *x509.Certificate, opts Options) error {
+// the whole signed image or untouched. in and out may be the same file.
+func SignFile(in, out string, s sign.Signer, cert *x509.Certificate, opts Options) (*Signed, error) {
 	pe, err := os.ReadFile(in)
 	if err != nil {
-		return fmt.Errorf("authenticode: %w", err)
+		return nil, fmt.Errorf("authenticode: %w", err)
+	}
+	var replaced []*x509.Certificate
+	if im, err := Parse(pe); err == nil && im.Signed() && opts.Replace {
+		replaced, _ = Signers(pe)
 	}
 	signed, err := Sign(pe, s, cert, opts)
 	if err != nil {
-		return fmt.Errorf("%s: %w", in, err)
+		return nil, fmt.Errorf("%s: %w", in, err)
 	}
-	return atomicfile.Write(out, signed, 0o644)
+	sum, err := Digest(signed)
+	if err != nil {
+		return nil, fmt.Errorf("authenticode: the signed image: %w", err)
+	}
+	if err := atomicfile.Write(out, signed, 0o644); err != nil {
+		return nil, fmt.Errorf("authenticode: %w", err)
+	}
+	return &Signed{Digest: sum, Replaced: replaced, Size: int64(len(signed))}, nil
 }
 
 // spcIndirectDataContent encodes

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kiln-os/kiln/sign"
+	"github.com/kiln-os/kiln/sign/internal/atomicfile"
 )
 
 // ErrSubject: a certificate subject kiln cannot parse.
@@ -94,6 +95,15 @@ func NewCertificate(s sign.Signer, opts CertificateOptions) ([]byte, error) {
 	return der, nil
 }
 
+// WriteCertificatePEM writes the DER certificate der to path as PEM,
+// through a temporary file and a rename.
+func WriteCertificatePEM(path string, der []byte) error {
+	if err := atomicfile.Write(path, CertificatePEM(der), 0o644); err != nil {
+		return fmt.Errorf("secureboot: %w", err)
+	}
+	return nil
+}
+
 // serialNumber derives a positive 127-bit serial number from what the
 // certificate says, so the same key and options give the same certificate
 // and different ones (in practice) never share a serial.
@@ -159,7 +169,10 @@ var subjectKeys = map[string]func(n *pkix.Name, v string){
 // ParseSubject parses a distinguished name written as "CN=Example db
 // key,O=Example" (RFC 4514 style: comma-separated, "\," for a literal
 // comma) or as openssl's "/CN=Example db key/O=Example". The attributes
-// are CN, O, OU, C, L, ST, STREET, POSTALCODE and SERIALNUMBER.
+// are CN, O, OU, C, L, ST, STREET, POSTALCODE and SERIALNUMBER; the
+// certificate holds them in crypto/x509's order (C, ST, L, STREET,
+// POSTALCODE, O, OU, CN, SERIALNUMBER) whatever order they are given in,
+// so both spellings of a subject give the same certificate.
 func ParseSubject(s string) (pkix.Name, error) {
 	var n pkix.Name
 	sep := ','
