@@ -214,7 +214,7 @@ func newRootCommand(env Env) (*cobra.Command, *globals) {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &cobraUsage{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(newBuildCommand(g), newKeygenCommand(g), newSignCommand(g), newVerifyCommand(g), newPayloadCommand(g), newLayoutCommand(g), newSlotCommand(g), newPushCommand(g), newPullCommand(g), newConvertCommand(g), newVersionCommand(g))
+	root.AddCommand(newBuildCommand(g), newKeygenCommand(g), newSignCommand(g), newVerifyCommand(g), newPayloadCommand(g), newLayoutCommand(g), newSlotCommand(g), newPushCommand(g), newPullCommand(g), newConvertCommand(g), newSecureBootCommand(g), newVersionCommand(g))
 	wrapArgs(root)
 	return root, g
 }
