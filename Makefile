@@ -13,7 +13,8 @@ TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          losetup:mount xxd:xxd /usr/bin/time:time qemu-img:qemu-utils \
          docker-registry:docker-registry htpasswd:apache2-utils \
          qemu-system-x86_64:qemu-system-x86 /usr/share/ovmf/OVMF.fd:ovmf \
-         dpkg-deb:dpkg apt-get:apt cpio:cpio objdump:binutils objcopy:binutils modinfo:kmod
+         dpkg-deb:dpkg apt-get:apt cpio:cpio objdump:binutils objcopy:binutils modinfo:kmod \
+         sbverify:sbsigntool osslsigncode:osslsigncode pesign:pesign cert-to-efi-sig-list:efitools
 
 # update_engine's payload checker, paycheck.py, that test/paycheck_test.go
 # runs on kiln's payloads: AOSP platform/system/update_engine as of the
