@@ -14,7 +14,8 @@ TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          docker-registry:docker-registry htpasswd:apache2-utils \
          qemu-system-x86_64:qemu-system-x86 /usr/share/ovmf/OVMF.fd:ovmf \
          dpkg-deb:dpkg apt-get:apt cpio:cpio objdump:binutils objcopy:binutils modinfo:kmod \
-         sbverify:sbsigntool osslsigncode:osslsigncode pesign:pesign cert-to-efi-sig-list:efitools
+         sbverify:sbsigntool osslsigncode:osslsigncode pesign:pesign cert-to-efi-sig-list:efitools \
+         swtpm:swtpm tpm2_nvread:tpm2-tools
 
 # update_engine's payload checker, paycheck.py, that test/paycheck_test.go
 # runs on kiln's payloads: AOSP platform/system/update_engine as of the
@@ -53,22 +54,33 @@ demo: bin/kiln
 
 # The bootable example (recipes/bootable.yaml): fetch Debian's cloud kernel,
 # systemd's UEFI stub and busybox (recipes/bootable/fetch.sh), build and sign
-# the image, then boot it under UEFI firmware (QEMU + OVMF, the disk image
-# alone; the boot ~16 s under TCG here, 2 min 29 s in all from a cold cache)
-# and show the serial console: the chooser picks a slot, the slot's kernel
+# the image (release records with a fresh RSA key; the chooser and the
+# slot's kernel for Secure Boot with the snakeoil key that Debian's OVMF has
+# enrolled), then boot it under UEFI firmware with Secure Boot enforced
+# (QEMU + OVMF's secboot build, the disk image alone) and show the serial
+# console: Secure Boot on, the chooser picks a slot, the slot's kernel
 # mounts USR through dm-verity, and the init prints the running slot and
-# release, marks the slot good and powers off.
+# release, marks the slot good and powers off. The image stays in
+# out/bootable/image/disk.img; the disk booted is out/bootable/node.img and
+# the firmware variable store it booted with out/bootable/OVMF_VARS.fd.
 BOOT_OUT := $(OUT)/bootable
+OVMF_CODE := /usr/share/OVMF/OVMF_CODE_4M.secboot.fd
+OVMF_VARS := /usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd
+SB_KEY    := /usr/share/ovmf/PkKek-1-snakeoil.key
+SB_CERT   := /usr/share/ovmf/PkKek-1-snakeoil.pem
 boot-demo: bin/kiln
-	@[ -e /usr/share/ovmf/OVMF.fd ] && command -v qemu-system-x86_64 >/dev/null || \
+	@[ -e $(OVMF_CODE) ] && command -v qemu-system-x86_64 >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 ovmf >/dev/null)
 	sh recipes/bootable/fetch.sh
 	@mkdir -p $(BOOT_OUT)
 	@[ -f $(BOOT_OUT)/release.key ] || bin/kiln keygen --type rsa-2048 -o $(BOOT_OUT)/release
-	SOURCE_DATE_EPOCH=1700000000 bin/kiln build recipes/bootable.yaml -o $(BOOT_OUT)/image --sign $(BOOT_OUT)/release.key
+	SOURCE_DATE_EPOCH=1700000000 KILN_KEY_PASSWORD=snakeoil bin/kiln build recipes/bootable.yaml -o $(BOOT_OUT)/image \
+	  --sign $(BOOT_OUT)/release.key --sb-key $(SB_KEY) --sb-cert $(SB_CERT)
 	cp --sparse=always $(BOOT_OUT)/image/disk.img $(BOOT_OUT)/node.img
-	timeout 300 qemu-system-x86_64 -machine q35 -m 512 -bios /usr/share/ovmf/OVMF.fd -nic none \
-	  -display none -serial stdio -monitor none -drive file=$(BOOT_OUT)/node.img,format=raw,if=virtio
+	cp $(OVMF_VARS) $(BOOT_OUT)/OVMF_VARS.fd
+	timeout 300 qemu-system-x86_64 -machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on -m 512 \
+	  -drive if=pflash,format=raw,unit=0,readonly=on,file=$(OVMF_CODE) -drive if=pflash,format=raw,unit=1,file=$(BOOT_OUT)/OVMF_VARS.fd \
+	  -nic none -display none -serial stdio -monitor none -drive file=$(BOOT_OUT)/node.img,format=raw,if=virtio
 	bin/kiln slot status $(BOOT_OUT)/node.img --key $(BOOT_OUT)/release.pub
 
 # Installs the Debian tools the tests use when one is missing, then runs
@@ -107,7 +119,8 @@ paycheck:
 # Parsers of untrusted input, fuzzed briefly on every run (seeded from
 # what kiln's writers produce).
 FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity:FuzzReadSuperblock \
-        ./layout:FuzzReadTable ./sign:FuzzVerify ./internal/xzstream:FuzzXZ ./build/slot:FuzzDecode
+        ./layout:FuzzReadTable ./sign:FuzzVerify ./internal/xzstream:FuzzXZ ./build/slot:FuzzDecode \
+        ./internal/tpm2:FuzzResponse ./sign/authenticode:FuzzParse
 FUZZTIME ?= 8s
 
 test: deps

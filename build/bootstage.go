@@ -8,6 +8,7 @@ import (
 	"github.com/kiln-os/kiln/build/boot"
 	"github.com/kiln-os/kiln/build/tree"
 	"github.com/kiln-os/kiln/sign"
+	"github.com/kiln-os/kiln/sign/authenticode"
 )
 
 // ErrBootUnsigned is returned for a bootable build without a signing key.
@@ -36,6 +37,15 @@ func (b *builder) addBoot(trees map[string]*tree.Tree) error {
 	kernel, err := read("kernel", b.r.resolve(bs.Kernel))
 	if err != nil {
 		return err
+	}
+	sb := b.opts.SecureBoot
+	if bs.SignKernel {
+		if sb == nil {
+			return &RecipeError{File: b.r.Path, Line: bs.line, Key: "boot.sign-kernel", Err: errors.New("needs a Secure Boot key: boot.sb-key and boot.sb-cert, or kiln build --sb-key and --sb-cert")}
+		}
+		if kernel, err = authenticode.Sign(kernel, sb.Signer, sb.Cert, authenticode.Options{Replace: true}); err != nil {
+			return fail(fmt.Errorf("kernel: Secure Boot signing: %w", err))
+		}
 	}
 	stub, err := read("stub", b.r.resolve(bs.Stub))
 	if err != nil {
@@ -75,6 +85,13 @@ func (b *builder) addBoot(trees map[string]*tree.Tree) error {
 	if err != nil {
 		return fail(err)
 	}
+	if sb != nil {
+		// The stub may carry its distribution's signature: the chooser is
+		// signed whole, by the Secure Boot key alone.
+		if uki, err = authenticode.Sign(uki, sb.Signer, sb.Cert, authenticode.Options{Replace: true}); err != nil {
+			return fail(fmt.Errorf("chooser: Secure Boot signing: %w", err))
+		}
+	}
 	put := func(t *tree.Tree, p string, data []byte) error {
 		n := &tree.Inode{Type: tree.Regular, Perm: 0o644, Mtime: b.opts.SourceDateEpoch, Size: int64(len(data)), Content: tree.Bytes(data)}
 		if err := t.Put(p, n); err != nil {
@@ -95,6 +112,6 @@ func (b *builder) addBoot(trees map[string]*tree.Tree) error {
 	if esp == nil {
 		return fail(errors.New("the recipe does not fill EFI-SYSTEM"))
 	}
-	b.log.Info("boot", "kernel", len(kernel), "initrd", len(initrd), "modules", len(mods), "uki", len(uki))
+	b.log.Info("boot", "kernel", len(kernel), "initrd", len(initrd), "modules", len(mods), "uki", len(uki), "secure_boot", sb != nil, "kernel_signed", bs.SignKernel)
 	return put(esp, "EFI/BOOT/BOOTX64.EFI", uki)
 }

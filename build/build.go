@@ -26,6 +26,7 @@ import (
 	"github.com/kiln-os/kiln/internal/hashing"
 	"github.com/kiln-os/kiln/layout"
 	"github.com/kiln-os/kiln/sign"
+	"github.com/kiln-os/kiln/sign/secureboot"
 )
 
 // Output file names inside the output directory.
@@ -56,6 +57,10 @@ type Options struct {
 	// manifest (manifest.json.sig) before the outputs are moved into
 	// place. Unsigned builds cannot be installed by payload apply.
 	Signer sign.Signer
+	// SecureBoot, when set, signs the EFI binaries a bootable build writes
+	// (Authenticode): the chooser on the ESP, and the slot's kernel when
+	// the recipe's boot.sign-kernel asks.
+	SecureBoot *secureboot.Key
 	// Formats are the formats the disk image is converted to, each into
 	// its diskimage file name beside disk.img (disk.qcow2, disk.vhd, ...)
 	// and listed in the manifest. Raw is disk.img itself, always written.

@@ -60,7 +60,15 @@ type BootSpec struct {
 	// Init is the kiln binary the initrd runs as /init (default: the one
 	// running the build).
 	Init string
-	line int
+	// SBKey and SBCert, when set, are the Secure Boot signing key (a key
+	// reference: PEM file relative to the recipe, env://VAR or KMS URI)
+	// and its X.509 certificate: the chooser on the ESP is signed with
+	// them (Authenticode), and with SignKernel the kernel the slot carries
+	// too (its own signature, e.g. the distribution's, replaced).
+	// kiln build's --sb-key and --sb-cert take precedence.
+	SBKey, SBCert string
+	SignKernel    bool
+	line          int
 }
 
 // PartitionSpec is what goes into one partition.
@@ -143,6 +151,10 @@ type yamlBoot struct {
 	Stub    string   `yaml:"stub"`
 	Cmdline string   `yaml:"cmdline"`
 	Init    string   `yaml:"init"`
+	SBKey   string   `yaml:"sb-key"`
+	SBCert  string   `yaml:"sb-cert"`
+	// SignKernel signs the slot's kernel with the Secure Boot key.
+	SignKernel bool `yaml:"sign-kernel"`
 }
 
 type yamlPartition struct {
@@ -331,7 +343,21 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 		r.Partitions = append(r.Partitions, p)
 	}
 	if yb := y.Boot; yb != nil {
-		b := &BootSpec{Kernel: yb.Kernel, Modules: yb.Modules, Load: yb.Load, Stub: yb.Stub, Cmdline: yb.Cmdline, Init: yb.Init, line: lines["boot"]}
+		b := &BootSpec{Kernel: yb.Kernel, Modules: yb.Modules, Load: yb.Load, Stub: yb.Stub, Cmdline: yb.Cmdline, Init: yb.Init,
+			SBKey: yb.SBKey, SBCert: yb.SBCert, SignKernel: yb.SignKernel, line: lines["boot"]}
+		if (b.SBKey == "") != (b.SBCert == "") {
+			k, other := "boot.sb-key", "boot.sb-cert"
+			if b.SBKey != "" {
+				k, other = other, k
+			}
+			return nil, fail(lines[other], k, fmt.Errorf("missing: %s needs it (Secure Boot signing takes a key and its certificate)", other))
+		}
+		if b.SBKey != "" && !strings.Contains(b.SBKey, "://") {
+			b.SBKey = r.resolve(b.SBKey)
+		}
+		if b.SBCert != "" {
+			b.SBCert = r.resolve(b.SBCert)
+		}
 		for _, f := range []struct{ key, val string }{{"kernel", b.Kernel}, {"modules", b.Modules}, {"stub", b.Stub}} {
 			if f.val == "" {
 				return nil, fail(lines["boot"], "boot."+f.key, errors.New("missing"))

@@ -270,12 +270,20 @@ func (c *chooser) nothingBoots(t *layout.Table, skipped map[string]refusal, err 
 // lasting refusal; anything else (a kernel the firmware's keys do not
 // sign, under lockdown) skips the slot for this boot.
 func (c *chooser) kexec(e *layout.Entry, rec *slot.Signed) *refusal {
-	fail := func(err error) *refusal {
+	var open []*os.File
+	release := func() {
+		for _, f := range open {
+			f.Close()
+		}
+		open = nil
 		unix.Unmount("/slot", 0)
-		dm.Remove("usr")
+		dm.Remove("slot-" + e.Label)
+	}
+	fail := func(err error) *refusal {
+		release()
 		return &refusal{err: err, lasting: errors.Is(err, unix.EIO)}
 	}
-	dev, err := setupUsr(c.disk, e, rec, "")
+	dev, err := setupUsr("slot-"+e.Label, c.disk, e, rec, "")
 	if err != nil {
 		return fail(err)
 	}
@@ -288,12 +296,12 @@ func (c *chooser) kexec(e *layout.Entry, rec *slot.Signed) *refusal {
 	if err != nil {
 		return fail(fmt.Errorf("it carries no kernel: %w", err))
 	}
-	defer kernel.Close()
+	open = append(open, kernel)
 	initrd, err := os.Open(filepath.Join(dir, "initrd.img"))
 	if err != nil {
 		return fail(fmt.Errorf("it carries no initrd: %w", err))
 	}
-	defer initrd.Close()
+	open = append(open, initrd)
 	args, err := os.ReadFile(filepath.Join(dir, "cmdline"))
 	if err != nil {
 		return fail(fmt.Errorf("it carries no command line: %w", err))
@@ -310,10 +318,7 @@ func (c *chooser) kexec(e *layout.Entry, rec *slot.Signed) *refusal {
 		}
 		return fail(fmt.Errorf("%s: %w", what, err))
 	}
-	kernel.Close()
-	initrd.Close()
-	unix.Unmount("/slot", 0)
-	dm.Remove("usr")
+	release()
 	unix.Sync()
 	err = unix.Reboot(unix.LINUX_REBOOT_CMD_KEXEC)
 	return &refusal{err: fmt.Errorf("kexec reboot: %w", err)}

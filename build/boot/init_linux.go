@@ -104,7 +104,12 @@ func cmdlineValue(cmdline, key string) (string, bool) {
 	return "", false
 }
 
-// loadModules loads the initrd's modules in the order the list gives.
+// loadModules loads the initrd's modules in the order the list gives. A
+// module for hardware the machine does not have (a Xen or Hyper-V disk
+// driver on another cloud) refuses to load, and so do the modules that
+// need it: those are passed over in silence; any other failure is said
+// on the console and the boot goes on (a missing disk driver shows as no
+// disk found).
 func loadModules(log io.Writer) error {
 	list, err := os.ReadFile("/" + InitrdModules)
 	if err != nil {
@@ -117,8 +122,10 @@ func loadModules(log io.Writer) error {
 		}
 		err = unix.FinitModule(int(f.Fd()), "", 0)
 		f.Close()
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("loading module %s: %w", p, err)
+		switch {
+		case err == nil, errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO), errors.Is(err, unix.ENOENT):
+		default:
+			fmt.Fprintf(log, "kiln: loading module %s: %v\n", p, err)
 		}
 	}
 	return nil
@@ -211,9 +218,9 @@ func slotRecord(d *layout.Disk, e *layout.Entry, v sign.Verifier) (*slot.Signed,
 	return rec, nil
 }
 
-// setupUsr maps slot e of disk through dm-verity as /dev/mapper/usr and
-// returns the device node.
-func setupUsr(disk string, e *layout.Entry, rec *slot.Signed, opts string) (string, error) {
+// setupUsr maps slot e of disk through dm-verity as the device-mapper
+// device name and returns its device node.
+func setupUsr(name, disk string, e *layout.Entry, rec *slot.Signed, opts string) (string, error) {
 	v := rec.Record.Verity
 	part, err := partitionDev(disk, e.Number)
 	if err != nil {
@@ -224,8 +231,7 @@ func setupUsr(disk string, e *layout.Entry, rec *slot.Signed, opts string) (stri
 	if opts != "" {
 		params += " " + opts
 	}
-	dm.Remove("usr") // a mapping left by an earlier attempt in this boot
-	_, minor, err := dm.Create("usr", true, []dm.Target{{Start: 0, Length: v.DataBlocks * uint64(v.DataBlockSize) / 512, Type: "verity", Params: params}})
+	_, minor, err := dm.Create(name, true, []dm.Target{{Start: 0, Length: v.DataBlocks * uint64(v.DataBlockSize) / 512, Type: "verity", Params: params}})
 	if err != nil {
 		return "", err
 	}
@@ -283,7 +289,7 @@ func runSlot(log io.Writer, disk, id string, v sign.Verifier) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", e.Label, err)
 	}
-	usr, err := setupUsr(disk, e, rec, "1 restart_on_corruption")
+	usr, err := setupUsr("usr", disk, e, rec, "1 restart_on_corruption")
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,8 @@ const (
 
 func alignUp(n, a uint32) uint32 { return (n + a - 1) / a * a }
 
-// Bytes assembles the image: the stub whole, then the sections, each at
+// Bytes assembles the image: the stub's headers and sections (without a
+// symbol table or signature after them), then the new sections, each at
 // the next file-aligned offset and the next page-aligned address after the
 // stub's own; the header's section count and image size follow.
 func (u *UKI) Bytes() ([]byte, error) {
@@ -65,12 +66,31 @@ func (u *UKI) Bytes() ([]byte, error) {
 		return nil, fmt.Errorf("%w: no room in the headers for %d more sections", ErrStub, len(add))
 	}
 	// The end of the stub's sections, in the file and in memory.
-	var vEnd uint32
+	var vEnd, rawEnd uint32
 	for i := uint32(0); i < nsec; i++ {
 		h := s[table+i*sectionHeaderSize:]
 		vEnd = max(vEnd, le.Uint32(h[12:])+max(le.Uint32(h[8:]), le.Uint32(h[16:])))
+		if ptr, size := le.Uint32(h[20:]), le.Uint32(h[16:]); size > 0 {
+			if uint64(ptr)+uint64(size) > uint64(len(s)) {
+				return nil, fmt.Errorf("%w: section %d runs past the end of the file", ErrStub, i)
+			}
+			rawEnd = max(rawEnd, ptr+size)
+		}
 	}
-	out := append([]byte(nil), s...)
+	// The stub up to its last section's data: what follows (a COFF symbol
+	// table, a signature) is left out, so that no byte of the image lies
+	// outside its sections, where an Authenticode signature would not
+	// cover it.
+	if uint64(sizeOfHeaders) > uint64(len(s)) {
+		return nil, fmt.Errorf("%w: SizeOfHeaders %d past the end of the file", ErrStub, sizeOfHeaders)
+	}
+	s = append([]byte(nil), s[:max(rawEnd, sizeOfHeaders)]...)
+	le.PutUint32(s[coff+8:], 0)  // PointerToSymbolTable
+	le.PutUint32(s[coff+12:], 0) // NumberOfSymbols
+	if dirs := le.Uint32(s[opt+108:]); dirs > 4 && uint64(opt)+112+5*8 <= uint64(table) {
+		clear(s[opt+112+4*8 : opt+112+5*8]) // the certificate table's data directory
+	}
+	out := s
 	const page = 0x1000
 	va := alignUp(vEnd, max(secAlign, page))
 	for i, sec := range add {

@@ -24,8 +24,8 @@ import (
 	"github.com/kiln-os/kiln/build/payload"
 	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verify"
-	"github.com/kiln-os/kiln/build/version"
 	"github.com/kiln-os/kiln/build/verity"
+	"github.com/kiln-os/kiln/build/version"
 	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/sign"
 )

@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-os/kiln/build/diskimage"
 	"github.com/kiln-os/kiln/layout"
 	"github.com/kiln-os/kiln/sign"
+	"github.com/kiln-os/kiln/sign/secureboot"
 )
 
 // sourceDateEpoch reads SOURCE_DATE_EPOCH; unset means 0, so that builds
@@ -35,7 +36,7 @@ func newBuildCommand(g *globals) *cobra.Command {
 	var out string
 	var sets []string
 	var quiet bool
-	var key string
+	var key, sbKey, sbCert string
 	var formats []string
 	c := &cobra.Command{
 		Use:   "build RECIPE -o OUTDIR [--set key=value]... [--format F,...]",
@@ -71,6 +72,22 @@ func newBuildCommand(g *globals) *cobra.Command {
 					return keyError(fmt.Errorf("--sign %s: %w", key, err))
 				}
 				opts.Signer = signer
+			}
+			if sbKey == "" && sbCert == "" && r.Boot != nil {
+				sbKey, sbCert = r.Boot.SBKey, r.Boot.SBCert
+			}
+			if (sbKey == "") != (sbCert == "") {
+				return usageError(errors.New("build: --sb-key and --sb-cert go together"))
+			}
+			if sbKey != "" {
+				if r.Boot == nil {
+					return usageError(fmt.Errorf("build: --sb-key: recipe %s has no boot: section, so nothing is signed for Secure Boot", args[0]))
+				}
+				k, err := secureboot.LoadKey(cmd.Context(), sbKey, sbCert, keyPassphrase)
+				if err != nil {
+					return keyError(fmt.Errorf("Secure Boot key %s: %w", sbKey, err))
+				}
+				opts.SecureBoot = k
 			}
 			res, err := build.Build(cmd.Context(), r, opts)
 			if err != nil {
@@ -114,6 +131,8 @@ func newBuildCommand(g *globals) *cobra.Command {
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe key (version=1.2.3, partitions.USR-A.source=dir:x)")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	c.Flags().StringArrayVar(&formats, "format", nil, "also convert the disk image to these formats, comma-separated, each listed in the manifest: raw (disk.img, always written), qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz (see docs/formats.md)")
+	c.Flags().StringVar(&sbKey, "sb-key", "", "sign the EFI binaries of a bootable build for UEFI Secure Boot (Authenticode) with this RSA key (PEM file, env://VAR or KMS URI); overrides the recipe's boot.sb-key")
+	c.Flags().StringVar(&sbCert, "sb-cert", "", "the X.509 certificate of --sb-key (PEM or DER), as enrolled in the firmware's db")
 	c.Flags().StringVar(&key, "sign", "", "sign manifest.json and the USR slot's release record with this key (PEM file, env://VAR or KMS URI); payload apply installs only signed releases")
 	return c
 }

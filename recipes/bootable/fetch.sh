@@ -46,3 +46,5 @@ kiln slot mark-good
 poweroff -f
 INIT
 chmod 755 "$dir/usr/lib/bootable/init"
+# The default init, which the slot's initrd starts when OEM names none.
+ln -sf ../lib/bootable/init "$dir/usr/sbin/init"
