@@ -2,15 +2,19 @@ package test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"hash/crc32"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf16"
 
 	"github.com/kiln-os/kiln/sign/authenticode"
 	"github.com/kiln-os/kiln/sign/efivar"
@@ -449,4 +453,153 @@ func der(tag byte, content []byte) []byte {
 	default:
 		return append([]byte{tag, 0x82, byte(n >> 8), byte(n)}, content...)
 	}
+}
+
+// TestSecureBootFirmware enrolls kiln's PK, KEK and db files in OVMF with
+// Secure Boot (from setup mode, PK first, so the firmware checks KEK.auth
+// with PK and db.auth with KEK), then boots Debian's kernel signed by kiln
+// with the db key (its EFI stub reports Secure Boot on) and the same
+// kernel signed with a key that is not in db (refused).
+func TestSecureBootFirmware(t *testing.T) {
+	k := newSBKeys(t)
+	cache := fetchBootable(t)
+	dir := t.TempDir()
+	kernel := filepath.Join(cache, "root", "boot", "vmlinuz")
+	good, other := filepath.Join(dir, "good.efi"), filepath.Join(dir, "other.efi")
+	mustRun(t, kiln, "secureboot", "sign", kernel, "--replace", "--key", k.db, "--cert", k.dbCert, "-o", good)
+	mustRun(t, kiln, "secureboot", "sign", kernel, "--replace", "--key", k.kek, "--cert", k.kekCert, "-o", other)
+	enroll := filepath.Join(dir, "enroll")
+	mustRun(t, kiln, "secureboot", "enroll-files", "--pk-key", k.pk, "--pk-cert", k.pkCert, "--kek-key", k.kek, "--kek-cert", k.kekCert, "--db-cert", k.dbCert, "-o", enroll)
+	// A later db update signed by the db key instead of KEK's.
+	wrong := filepath.Join(dir, "wrong")
+	mustRun(t, kiln, "secureboot", "enroll-files", "--pk-key", k.pk, "--pk-cert", k.pkCert, "--kek-key", k.db, "--kek-cert", k.dbCert, "--db-cert", k.dbCert,
+		"--time", "2024-01-01T00:00:00Z", "-o", wrong)
+
+	// (1) Setup mode, the UEFI shell: dmpstore -l sets each variable from
+	// its .auth file, as SetVariable with the attributes kiln signed.
+	files := map[string]string{}
+	for _, v := range []string{"PK", "KEK", "db"} {
+		files[v+".dmp"] = dmpstoreFile(t, dir, v, filepath.Join(enroll, v+".auth"))
+	}
+	files["wrong.dmp"] = dmpstoreFile(t, dir, "db", filepath.Join(wrong, "db.auth"))
+	nsh := filepath.Join(dir, "startup.nsh")
+	os.WriteFile(nsh, []byte(strings.ReplaceAll("fs0:\ndmpstore -all -l PK.dmp\ndmpstore -all -l KEK.dmp\ndmpstore -all -l db.dmp\n"+
+		"echo kiln: enrolled\ndmpstore -all -l wrong.dmp\necho kiln: done\n", "\n", "\r\n")), 0o644)
+	files["startup.nsh"] = nsh
+	vars := filepath.Join(dir, "vars.fd")
+	mustRun(t, "cp", "/usr/share/OVMF/OVMF_VARS_4M.fd", vars)
+	console := runOVMF(t, vars, espImage(t, filepath.Join(dir, "shell.img"), files), "\nkiln: done")
+	before, after, ok := strings.Cut(console, "\nkiln: enrolled")
+	if !ok || strings.Contains(before, "Failed to set variable") || !strings.Contains(before, "D719B2CB-3D3A-4596-A3BC-DAD00E67656F:db") {
+		t.Fatalf("enrolling kiln's PK, KEK and db:\n%s", console)
+	}
+	if !strings.Contains(after, "Failed to set variable db: Security Violation") {
+		t.Fatalf("a db update not signed by KEK was not refused:\n%s", after)
+	}
+
+	// (2) User mode: the kiln-signed kernel runs, the other is refused.
+	for name, img := range map[string]string{"db": good, "not db": other} {
+		v := filepath.Join(dir, "vars-"+name+".fd")
+		mustRun(t, "cp", vars, v)
+		disk := espImage(t, filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".img"), map[string]string{"EFI/BOOT/BOOTX64.EFI": img})
+		console := runOVMF(t, v, disk, "EFI stub: UEFI Secure Boot is enabled.", "Access Denied")
+		switch {
+		case name == "db" && !strings.Contains(console, "EFI stub: UEFI Secure Boot is enabled."):
+			t.Errorf("the kernel signed with the db key did not start under Secure Boot:\n%s", console)
+		case name == "not db" && (!strings.Contains(console, "Access Denied") || strings.Contains(console, "EFI stub")):
+			t.Errorf("the kernel signed with a key not in db was not refused:\n%s", console)
+		}
+	}
+}
+
+// dmpstoreFile writes the .auth file as a record of the UEFI shell's
+// dmpstore -s/-l format: NameSize, DataSize, the name (UTF-16, with its
+// NUL), the vendor GUID, the attributes, the data, and a CRC32 of all that.
+func dmpstoreFile(t *testing.T, dir, name, auth string) string {
+	t.Helper()
+	data, err := os.ReadFile(auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := map[string]efivar.Variable{"PK": efivar.PK, "KEK": efivar.KEK, "db": efivar.DB}[name]
+	var n []byte
+	for _, u := range utf16.Encode([]rune(name + "\x00")) {
+		n = binary.LittleEndian.AppendUint16(n, u)
+	}
+	b := binary.LittleEndian.AppendUint32(nil, uint32(len(n)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(data)))
+	b = append(b, n...)
+	b = append(b, v.Vendor[:]...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(v.Attributes))
+	b = append(b, data...)
+	b = binary.LittleEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
+	out := filepath.Join(dir, filepath.Base(filepath.Dir(auth))+"-"+name+".dmp")
+	os.WriteFile(out, b, 0o644)
+	return out
+}
+
+// espImage makes a FAT file system image holding files (path in the
+// image: path on the host).
+func espImage(t *testing.T, img string, files map[string]string) string {
+	t.Helper()
+	mustRun(t, "mkfs.fat", "-C", img, "65536")
+	made := map[string]bool{}
+	for dst, src := range files {
+		parts := strings.Split(dst, "/")
+		for i := 1; i < len(parts); i++ {
+			if d := strings.Join(parts[:i], "/"); !made[d] {
+				mustRun(t, "mmd", "-i", img, "::/"+d)
+				made[d] = true
+			}
+		}
+		mustRun(t, "mcopy", "-i", img, src, "::/"+dst)
+	}
+	return img
+}
+
+// sbBootTimeout bounds one firmware run (measured here under TCG: 25 s for
+// the shell's enrollment, 10-15 s to the kernel's EFI stub).
+const sbBootTimeout = 150 * time.Second
+
+var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;=?]*[A-Za-z]`)
+
+// runOVMF boots disk under QEMU with OVMF's Secure Boot firmware (SMM) and
+// the variable store vars until the serial console shows one of until (or
+// a timeout), and returns the console without terminal escapes.
+func runOVMF(t *testing.T, vars, disk string, until ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sbBootTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+		"-m", "512", "-nic", "none", "-display", "none", "-serial", "stdio", "-monitor", "none",
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+		"-drive", "if=pflash,format=raw,unit=1,file="+vars,
+		"-drive", "file="+disk+",format=raw,if=virtio")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("qemu-system-x86_64 (make test installs it): %v", err)
+	}
+	var raw []byte
+	buf := make([]byte, 4096)
+	clean := func() string { return strings.ReplaceAll(ansiEscape.ReplaceAllString(string(raw), ""), "\r", "") }
+read:
+	for {
+		n, err := stdout.Read(buf)
+		raw = append(raw, buf[:n]...)
+		for _, u := range until {
+			if strings.Contains(clean(), u) {
+				break read
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	cancel()
+	cmd.Wait()
+	return clean()
 }
