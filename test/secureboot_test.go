@@ -272,7 +272,7 @@ func TestSecureBootSignRefusals(t *testing.T) {
 		{"ECDSA key", in, k.ec, k.dbCert, []string{"UEFI firmware verifies RSA signatures only", k.ec, "ECDSA"}},
 		{"Ed25519 key", in, k.ed, k.dbCert, []string{"UEFI firmware verifies RSA signatures only", k.ed, "Ed25519"}},
 		{"truncated image", truncated, k.db, k.dbCert, []string{truncated, "malformed PE image", "SizeOfRawData"}},
-		{"bogus section offset", bogusFile, k.db, k.dbCert, []string{bogusFile, "malformed PE image", "section 1 (.reloc) SizeOfRawData", "0x7ffffff0"}},
+		{"bogus section offset", bogusFile, k.db, k.dbCert, []string{bogusFile, "malformed PE image", "section 1 (.reloc) PointerToRawData", "0x7ffffff0"}},
 		{"not a PE", k.dbCert, k.db, k.dbCert, []string{"not a PE/EFI image"}},
 		{"a key as certificate", in, k.db, k.db, []string{"invalid certificate", k.db}},
 	}

@@ -44,7 +44,7 @@ func TestMalformed(t *testing.T) {
 		{"SizeOfHeaders past the end", func(b []byte) []byte { return put32(b, tOpt+60, uint32(len(b)+1)) }, "SizeOfHeaders"},
 		{"SizeOfHeaders inside the section table", func(b []byte) []byte { return put32(b, tOpt+60, uint32(secTable+8)) }, "SizeOfHeaders"},
 		{"section past the end", func(b []byte) []byte { return put32(b, secTable+40+20, uint32(len(b)-0x100)) }, "section 1 (.s1) SizeOfRawData"},
-		{"section offset past 4 GiB", func(b []byte) []byte { return put32(b, secTable+20, 0xffffff00) }, "section 0 (.s0) SizeOfRawData"},
+		{"section offset past 4 GiB", func(b []byte) []byte { return put32(b, secTable+20, 0xffffff00) }, "section 0 (.s0) PointerToRawData"},
 		{"section size huge", func(b []byte) []byte { return put32(b, secTable+16, 0xfffffe00) }, "section 0 (.s0) SizeOfRawData"},
 		{"section inside the headers", func(b []byte) []byte { return put32(b, secTable+40+20, 0x10) }, "section 1 (.s1) PointerToRawData"},
 		{"overlapping sections", func(b []byte) []byte { return put32(b, secTable+40+20, uint32(im.Sections[0].Offset+0x200)) }, "overlaps section .s0"},

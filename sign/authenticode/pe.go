@@ -178,11 +178,14 @@ func Parse(pe []byte) (*Image, error) {
 		if s.Offset < im.SizeOfHeaders {
 			return fail(h+20, field+" PointerToRawData", "0x%x is inside the headers (SizeOfHeaders 0x%x)", s.Offset, im.SizeOfHeaders)
 		}
+		what := "the end of the file"
+		if im.Signed() {
+			what = "the certificate table"
+		}
+		if s.Offset >= im.hashedEnd() {
+			return fail(h+20, field+" PointerToRawData", "0x%x is past %s (0x%x)", s.Offset, what, im.hashedEnd())
+		}
 		if s.End() > im.hashedEnd() {
-			what := "the end of the file"
-			if im.Signed() {
-				what = "the certificate table"
-			}
 			return fail(h+16, field+" SizeOfRawData", "0x%x bytes at 0x%x run past %s (0x%x)", s.Size, s.Offset, what, im.hashedEnd())
 		}
 		im.Sections = append(im.Sections, s)

@@ -4,14 +4,14 @@
 // sign-efi-sig-list makes them), for PK, KEK and db.
 //
 // An .auth file is what SetVariable takes for a variable with the
-// TIME_BASED_AUTHENTICATED_WRITE_ACCESS attribute (UEFI 2.10, 8.2.2): an
+// TIME_BASED_AUTHENTICATED_WRITE_ACCESS attribute: an
 // EFI_VARIABLE_AUTHENTICATION_2 (an EFI_TIME, then a
 // WIN_CERTIFICATE_UEFI_GUID of type EFI_CERT_TYPE_PKCS7_GUID whose CertData
 // is a DER PKCS #7 SignedData, detached, over the variable's name in
 // UTF-16 without its NUL, its vendor GUID, its attributes, the EFI_TIME and
 // the new value) followed by the new value. PK is signed by PK, KEK by PK,
-// db by KEK. Firmware takes the files in the order db, KEK, PK: enrolling
-// PK leaves setup mode.
+// db by KEK. Enrolling PK ends setup mode: after it, firmware checks KEK
+// and db updates against PK and KEK.
 package efivar
 
 import (
@@ -159,8 +159,8 @@ func ParseSignatureLists(b []byte) ([]SignatureList, error) {
 }
 
 // EFITime encodes t as an EFI_TIME for a time-based authenticated write:
-// UTC, to the second, Nanosecond, TimeZone and Daylight zero (UEFI 2.10,
-// 8.2.2).
+// UTC, to the second, Nanosecond, TimeZone and Daylight zero, as the UEFI
+// specification asks of EFI_VARIABLE_AUTHENTICATION_2's TimeStamp.
 func EFITime(t time.Time) ([]byte, error) {
 	t = t.UTC()
 	if t.Year() < 1900 || t.Year() > 9999 {
