@@ -20,9 +20,10 @@ func bootableRecipe(t *testing.T, dir, cache, boot string) string {
 	if boot == "" {
 		boot = fmt.Sprintf(`  kernel: %[1]s/root/boot/vmlinuz
   modules: %[1]s/root/lib/modules/current
-  load: [virtio_pci, virtio_blk, dm_verity]
+  load: [virtio_pci, virtio_blk, virtio_scsi, sd_mod, nvme, dm_verity, efivarfs]
   stub: %[1]s/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub
   cmdline: "console=ttyS0 panic=1 quiet"
+  sign-kernel: true
 `, cache)
 	}
 	recipe := filepath.Join(dir, "bootable.yaml")
@@ -44,7 +45,9 @@ boot:
 // TestBootBuildContents checks what a bootable build puts where, with
 // tools nobody here wrote: the ESP's BOOTX64.EFI (mtools) is a PE image
 // whose .osrel, .cmdline, .linux and .initrd sections objdump lists and
-// objcopy extracts; the initrd is a zstd newc cpio that GNU cpio reads,
+// objcopy extracts, signed for Secure Boot (sbverify with the key's
+// certificate); the slot's kernel is Debian's, its signature replaced by
+// one of the Secure Boot key (the same Authenticode hash, pesign); the initrd is a zstd newc cpio that GNU cpio reads,
 // holding kiln as /init, the modules asked for with their dependencies in
 // load order, and the release key; USR-A holds the same kernel, initrd
 // and command line under /lib/kiln/boot (debugfs). The same inputs give
@@ -57,7 +60,7 @@ func TestBootBuildContents(t *testing.T) {
 	recipe := bootableRecipe(t, dir, cache, "")
 	build := func(out string) {
 		t.Helper()
-		if r := kilnEnv(t, []string{"SOURCE_DATE_EPOCH=1700000000"}, "build", "-q", recipe, "-o", out, "--sign", key+".key"); r.code != 0 {
+		if r := kilnEnv(t, snakeoilEnv, "build", "-q", recipe, "-o", out, "--sign", key+".key", "--sb-key", snakeoilKey, "--sb-cert", snakeoilCert); r.code != 0 {
 			t.Fatalf("build: %s", r.stderr)
 		}
 	}
@@ -69,6 +72,18 @@ func TestBootBuildContents(t *testing.T) {
 	esp := extract(t, filepath.Join(out, "disk.img"), m.Partition("EFI-SYSTEM"))
 	uki := filepath.Join(dir, "BOOTX64.EFI")
 	mustRun(t, "mcopy", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", uki)
+	mustRun(t, "sbverify", "--cert", snakeoilCert, uki)
+	// Every byte of the chooser lies in its headers or sections, none in
+	// a gap the signature would not cover (the stub's symbol table is left
+	// out): sbsign, re-signing it, finds no gap.
+	plain := filepath.Join(dir, "plain.key")
+	mustRun(t, "openssl", "rsa", "-in", snakeoilKey, "-passin", "pass:snakeoil", "-out", plain)
+	unsignedUKI := filepath.Join(dir, "unsigned.efi")
+	copyFile(t, uki, unsignedUKI)
+	mustRun(t, "sbattach", "--remove", unsignedUKI)
+	if r := run(t, "sbsign", "--key", plain, "--cert", snakeoilCert, "--output", filepath.Join(dir, "resigned.efi"), unsignedUKI); r.code != 0 || strings.Contains(r.stderr+r.stdout, "gap") {
+		t.Errorf("sbsign on the chooser: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 	sections := mustRun(t, "objdump", "-h", uki)
 	if !strings.Contains(sections, "pei-x86-64") {
 		t.Errorf("objdump does not read BOOTX64.EFI as a PE32+ image:\n%s", sections)
@@ -86,12 +101,25 @@ func TestBootBuildContents(t *testing.T) {
 		}
 		return b
 	}
-	kernel, err := os.ReadFile(filepath.Join(cache, "root", "boot", "vmlinuz"))
+	// The slot's kernel: Debian's, signed by the Secure Boot key instead
+	// of Debian's; the chooser carries the same.
+	usr := filepath.Join(out, "usr.img")
+	slotKernel := filepath.Join(dir, "slot-vmlinuz")
+	mustRun(t, "debugfs", "-R", "dump /lib/kiln/boot/vmlinuz "+slotKernel, usr)
+	mustRun(t, "sbverify", "--cert", snakeoilCert, slotKernel)
+	if r := run(t, "sbverify", "--list", slotKernel); strings.Contains(r.stdout, "Debian") || !strings.Contains(r.stdout, "SnakeOil") {
+		t.Errorf("the slot's kernel is not signed by the Secure Boot key alone:\n%s", r.stdout)
+	}
+	debian := filepath.Join(cache, "root", "boot", "vmlinuz")
+	if a, b := mustRun(t, "pesign", "-h", "-i", slotKernel), mustRun(t, "pesign", "-h", "-i", debian); a != b {
+		t.Errorf("the slot's kernel is not Debian's (Authenticode hash %s, Debian's %s)", a, b)
+	}
+	kernel, err := os.ReadFile(slotKernel)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := section(".linux"); !bytes.HasPrefix(got, kernel) || len(bytes.Trim(got[len(kernel):], "\x00")) != 0 {
-		t.Errorf(".linux is not the kernel (%d bytes, the kernel %d)", len(got), len(kernel))
+		t.Errorf(".linux is not the slot's kernel (%d bytes, the kernel %d)", len(got), len(kernel))
 	}
 	if got := string(bytes.TrimRight(section(".cmdline"), "\x00")); got != "console=ttyS0 panic=1 quiet" {
 		t.Errorf(".cmdline %q", got)
@@ -122,6 +150,9 @@ func TestBootBuildContents(t *testing.T) {
 		t.Errorf("the initrd's release key is not the build's:\n%s", got)
 	}
 	order, _ := os.ReadFile(filepath.Join(unpacked, "etc/kiln/modules"))
+	if strings.Contains(string(order), "nvme") {
+		t.Errorf("nvme is built into Debian's cloud kernel (modules.builtin), yet the initrd carries it:\n%s", order)
+	}
 	var names []string
 	for _, p := range strings.Fields(string(order)) {
 		if _, err := os.Stat(filepath.Join(unpacked, p)); err != nil {
@@ -135,7 +166,7 @@ func TestBootBuildContents(t *testing.T) {
 	for i, n := range names {
 		pos[strings.ReplaceAll(n, "-", "_")] = i
 	}
-	for _, want := range []string{"virtio_pci", "virtio_blk", "dm_verity"} {
+	for _, want := range []string{"virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "dm_verity", "efivarfs"} {
 		if _, ok := pos[want]; !ok {
 			t.Errorf("module %s is not in the load order %v", want, names)
 		}
@@ -154,7 +185,6 @@ func TestBootBuildContents(t *testing.T) {
 	}
 
 	// The slot carries the same kernel, initrd and command line.
-	usr := filepath.Join(out, "usr.img")
 	for _, c := range []struct {
 		path string
 		want []byte
@@ -180,6 +210,7 @@ func TestBootRecipeRefusals(t *testing.T) {
 	cache := fetchBootable(t)
 	key := filepath.Join(dir, "release")
 	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
+	mustRun(t, kiln, "keygen", "--type", "ecdsa-p256", "-o", filepath.Join(dir, "ec"))
 	good := fmt.Sprintf(`  kernel: %[1]s/root/boot/vmlinuz
   modules: %[1]s/root/lib/modules/current
   load: [virtio_pci, virtio_blk, dm_verity]
@@ -196,6 +227,9 @@ func TestBootRecipeRefusals(t *testing.T) {
 		{"kernel missing", strings.Replace(good, "boot/vmlinuz", "boot/no-such-kernel", 1), true, []string{"kernel", "no-such-kernel"}},
 		{"unknown module", strings.Replace(good, "dm_verity]", "dm_verity, no_such_module]", 1), true, []string{"kernel module no_such_module"}},
 		{"stub not PE", strings.Replace(good, "usr/lib/systemd/boot/efi/linuxx64.efi.stub", "boot/../lib/modules/current/modules.order", 1), true, []string{"stub"}},
+		{"sign-kernel without a Secure Boot key", good + "  sign-kernel: true\n", true, []string{"boot.sign-kernel", "needs a Secure Boot key"}},
+		{"sb-key without sb-cert", good + "  sb-key: " + snakeoilKey + "\n", true, []string{"boot.sb-cert", "missing"}},
+		{"Secure Boot key not RSA", good + "  sb-key: " + filepath.Join(dir, "ec.key") + "\n  sb-cert: " + snakeoilCert + "\n", true, []string{"ec.key"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-"))

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -85,7 +86,11 @@ func newBuildCommand(g *globals) *cobra.Command {
 				}
 				k, err := secureboot.LoadKey(cmd.Context(), sbKey, sbCert, keyPassphrase)
 				if err != nil {
-					return keyError(fmt.Errorf("Secure Boot key %s: %w", sbKey, err))
+					err = fmt.Errorf("Secure Boot key %s: %w", sbKey, err)
+					if errors.Is(err, fs.ErrNotExist) {
+						return usageError(err)
+					}
+					return secureBootError(err)
 				}
 				opts.SecureBoot = k
 			}
