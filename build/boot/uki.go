@@ -78,9 +78,9 @@ func (u *UKI) Bytes() ([]byte, error) {
 		}
 	}
 	// The stub up to its last section's data: what follows (a COFF symbol
-	// table, a signature) is left out, so that no byte of the image lies
-	// outside its sections, where an Authenticode signature would not
-	// cover it.
+	// table, a signature) is left out. The new sections come after it, so
+	// it would lie between sections, where an Authenticode hash does not
+	// reach.
 	if uint64(sizeOfHeaders) > uint64(len(s)) {
 		return nil, fmt.Errorf("%w: SizeOfHeaders %d past the end of the file", ErrStub, sizeOfHeaders)
 	}
