@@ -16,11 +16,12 @@ import (
 	"io/fs"
 	"math/big"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/options"
+
+	"github.com/kiln-os/kiln/sign/internal/atomicfile"
 )
 
 // MaxEd25519Message is the largest file SignFile and VerifyFile handle
@@ -274,30 +275,8 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 // writeFileAtomic writes data to path through a temporary file in the same
 // directory and a rename.
 func writeFileAtomic(path string, data []byte) error {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(path, data, publicKeyFileMode); err != nil {
 		return fmt.Errorf("sign: %w", err)
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(publicKeyFileMode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("sign: writing %s: %w", path, err)
 	}
 	return nil
 }

@@ -284,6 +284,13 @@ func TestBootVersionFloor(t *testing.T) {
 	}
 	clean := filepath.Join(t.TempDir(), "after-boot.img")
 	copyFile(t, n.disk, clean)
+	// slot status shows the floor the disk declares and the slot below it.
+	st := mustRun(t, kiln, "slot", "status", clean, "--key", r.key+".pub")
+	for _, want := range []string{"version floor: 2.1.0, declared by USR-B's release 2.1.0, marked good", "below the version floor"} {
+		if !strings.Contains(st, want) {
+			t.Errorf("slot status does not say %q:\n%s", want, st)
+		}
+	}
 	attack(n.disk)
 	console = n.boot("floor-in-tpm", bootOpts{})
 	expectConsole(t, console, `kiln: refusing USR-A: .*release 1\.0\.0 is below the version floor 2\.1\.0 \(kept in the TPM`,
