@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"hash/crc32"
 	"os"
 	"os/exec"
@@ -411,6 +412,125 @@ func TestSecureBootEnrollFiles(t *testing.T) {
 	if r := run(t, kiln, "secureboot", "enroll-files", "--pk-key", k.pk, "--pk-cert", k.pkCert, "--kek-key", k.kek, "--kek-cert", k.kekCert,
 		"--db-cert", k.dbCert, "--owner", "not-a-guid", "-o", filepath.Join(k.dir, "bad")); r.code != 2 || !strings.Contains(r.stderr, "--owner") {
 		t.Errorf("--owner not-a-guid: exit %d %s", r.code, r.stderr)
+	}
+}
+
+// TestSecureBootEnrollFilesSeveral: repeated --db-cert (and --kek-cert)
+// give one signature list per certificate, in the order given: kiln's
+// .esl is cert-to-efi-sig-list's output for each certificate,
+// concatenated, and its .auth is sign-efi-sig-list's over that
+// concatenation, byte for byte; sig-list-to-certs reads every certificate
+// back. A certificate given twice and a PEM bundle are refused.
+func TestSecureBootEnrollFilesSeveral(t *testing.T) {
+	k := newSBKeys(t)
+	const owner = "5d4b7c0a-91e2-4f3b-8c6d-0e1f2a3b4c5d"
+	const when = "2023-11-14 22:13:20"
+	ref := t.TempDir()
+	// One certificate as DER: a file of either form is one certificate.
+	snakeoilDER := filepath.Join(ref, "snakeoil.der")
+	mustRun(t, "openssl", "x509", "-in", snakeoilCert, "-outform", "DER", "-out", snakeoilDER)
+	kekCerts := []string{k.kekCert, k.dbCert}
+	dbCerts := []string{k.dbCert, snakeoilDER, k.pkCert}
+	args := []string{"--json", "secureboot", "enroll-files", "--pk-key", k.pk, "--pk-cert", k.pkCert, "--kek-key", k.kek}
+	for _, c := range kekCerts {
+		args = append(args, "--kek-cert", c)
+	}
+	for _, c := range dbCerts {
+		args = append(args, "--db-cert", c)
+	}
+	dir := filepath.Join(k.dir, "enroll")
+	var res struct {
+		KEK []string `json:"kek"`
+		DB  []string `json:"db"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, kiln, append(args, "--owner", owner, "--time", when, "-o", dir)...)), &res); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(res.DB, "; "); got != "CN=kiln test db,O=kiln; O=SnakeOil,L=Fort Collins,ST=Colorado,C=US; CN=kiln test pk,O=kiln" {
+		t.Errorf("--json db: %s", got)
+	}
+	if got := strings.Join(res.KEK, "; "); got != "CN=kiln test kek,O=kiln; CN=kiln test db,O=kiln" {
+		t.Errorf("--json kek: %s", got)
+	}
+
+	for _, v := range []struct {
+		name          string
+		certs         []string
+		signKey, cert string
+	}{{"PK", []string{k.pkCert}, k.pk, k.pkCert}, {"KEK", kekCerts, k.pk, k.pkCert}, {"db", dbCerts, k.kek, k.kekCert}} {
+		var cat []byte
+		for i, c := range v.certs {
+			pemCert := c
+			if strings.HasSuffix(c, ".der") {
+				pemCert = filepath.Join(ref, v.name+"-in.pem")
+				mustRun(t, "openssl", "x509", "-inform", "DER", "-in", c, "-out", pemCert)
+			}
+			one := filepath.Join(ref, fmt.Sprintf("%s-%d.esl", v.name, i))
+			mustRun(t, "cert-to-efi-sig-list", "-g", owner, pemCert, one)
+			b, _ := os.ReadFile(one)
+			cat = append(cat, b...)
+		}
+		refESL, refAuth := filepath.Join(ref, v.name+".esl"), filepath.Join(ref, v.name+".auth")
+		os.WriteFile(refESL, cat, 0o644)
+		esl, auth := filepath.Join(dir, v.name+".esl"), filepath.Join(dir, v.name+".auth")
+		sameBytes(t, esl, refESL)
+		mustRun(t, "sign-efi-sig-list", "-t", when, "-g", owner, "-k", v.signKey, "-c", v.cert, v.name, refESL, refAuth)
+		sameBytes(t, auth, refAuth)
+
+		// sig-list-to-certs reads every certificate back, in order.
+		prefix := filepath.Join(ref, v.name+"-back")
+		mustRun(t, "sig-list-to-certs", esl, prefix)
+		for i, c := range v.certs {
+			der := filepath.Join(ref, fmt.Sprintf("%s-%d.der", v.name, i))
+			form := "PEM"
+			if strings.HasSuffix(c, ".der") {
+				form = "DER"
+			}
+			mustRun(t, "openssl", "x509", "-inform", form, "-in", c, "-outform", "DER", "-out", der)
+			sameBytes(t, fmt.Sprintf("%s-%d.der", prefix, i), der)
+		}
+		if fileExists(fmt.Sprintf("%s-%d.der", prefix, len(v.certs))) {
+			t.Errorf("%s.esl holds more than its %d certificates", v.name, len(v.certs))
+		}
+	}
+
+	// One --db-cert is what it was: db.esl is the certificate's one list.
+	one := filepath.Join(k.dir, "one")
+	mustRun(t, kiln, "secureboot", "enroll-files", "--pk-key", k.pk, "--pk-cert", k.pkCert, "--kek-key", k.kek, "--kek-cert", k.kekCert,
+		"--db-cert", k.dbCert, "--owner", owner, "--time", when, "-o", one)
+	sameBytes(t, filepath.Join(one, "db.esl"), filepath.Join(ref, "db-0.esl"))
+
+	bundle := filepath.Join(ref, "bundle.pem")
+	a, _ := os.ReadFile(k.dbCert)
+	b, _ := os.ReadFile(snakeoilCert)
+	os.WriteFile(bundle, append(a, b...), 0o644)
+	bad := filepath.Join(k.dir, "bad")
+	for _, c := range []struct {
+		name  string
+		extra []string
+		want  []string
+	}{
+		{"db twice", []string{"--db-cert", k.dbCert, "--db-cert", snakeoilCert, "--db-cert", k.dbCert}, []string{"--db-cert " + k.dbCert + " is the certificate of " + k.dbCert}},
+		{"db twice, PEM and DER", []string{"--db-cert", snakeoilCert, "--db-cert", snakeoilDER}, []string{snakeoilDER + " is the certificate of " + snakeoilCert}},
+		{"KEK's own again", []string{"--kek-cert", k.kekCert, "--db-cert", k.dbCert}, []string{"--kek-cert " + k.kekCert + " is the certificate of " + k.kekCert}},
+		{"a PEM bundle", []string{"--db-cert", bundle}, []string{bundle, "holds 2 certificates"}},
+		{"no --db-cert", nil, []string{"--db-cert is required"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"secureboot", "enroll-files", "--pk-key", k.pk, "--pk-cert", k.pkCert, "--kek-key", k.kek, "--kek-cert", k.kekCert}, c.extra...)
+			r := run(t, kiln, append(args, "-o", bad)...)
+			if r.code != 2 {
+				t.Errorf("exit %d, want 2: %s", r.code, r.stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("%q does not say %q", strings.TrimSpace(r.stderr), w)
+				}
+			}
+			if fileExists(bad) {
+				t.Errorf("a refused enroll-files made %s", bad)
+			}
+		})
 	}
 }
 

@@ -3,10 +3,12 @@ package main
 import (
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -195,20 +197,83 @@ func parseEFITime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("--time %q: want RFC 3339 (2023-11-14T22:13:20Z) or \"2023-11-14 22:13:20\" (UTC)", s)
 }
 
+// loadEnrollCerts reads the certificates given with flag (each file one
+// RSA certificate, none given twice, skip being those already read for
+// the same variable).
+func loadEnrollCerts(flag string, paths []string, skip []*x509.Certificate, skipNames []string) ([]*x509.Certificate, error) {
+	seen, names := append([]*x509.Certificate(nil), skip...), append([]string(nil), skipNames...)
+	var certs []*x509.Certificate
+	for _, p := range paths {
+		if err := singleCertificate(p); err != nil {
+			return nil, err
+		}
+		c, err := secureboot.LoadCertificate(p)
+		if err != nil {
+			return nil, secureBootError(err)
+		}
+		if c.PublicKeyAlgorithm != x509.RSA {
+			return nil, usageError(fmt.Errorf("%w: %s carries a %s key", secureboot.ErrNotRSA, p, c.PublicKeyAlgorithm))
+		}
+		for i, d := range seen {
+			if d.Equal(c) {
+				return nil, usageError(fmt.Errorf("secureboot enroll-files: %s %s is the certificate of %s (%s): each certificate once", flag, p, names[i], c.Subject))
+			}
+		}
+		seen, names = append(seen, c), append(names, p)
+		certs = append(certs, c)
+	}
+	return certs, nil
+}
+
+// singleCertificate refuses a PEM file holding more than one certificate
+// (a bundle): LoadCertificate, like cert-to-efi-sig-list, reads only the
+// first, and the others would be left out of the variable unsaid.
+func singleCertificate(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil // LoadCertificate says why
+	}
+	n := 0
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type == "CERTIFICATE" {
+			n++
+		}
+	}
+	if n > 1 {
+		return usageError(fmt.Errorf("%w: %s holds %d certificates: give each in a file of its own, one flag each", secureboot.ErrCertificate, path, n))
+	}
+	return nil
+}
+
 func newSecureBootEnrollCommand(g *globals) *cobra.Command {
-	var pkKey, pkCert, kekKey, kekCert, dbCert, owner, at, out string
+	var pkKey, pkCert, kekKey, owner, at, out string
+	var kekCerts, dbCerts []string
 	c := &cobra.Command{
-		Use:   "enroll-files --pk-key KEYREF --pk-cert PK.pem --kek-key KEYREF --kek-cert KEK.pem --db-cert DB.pem [--owner GUID] [--time T] -o DIR",
+		Use:   "enroll-files --pk-key KEYREF --pk-cert PK.pem --kek-key KEYREF --kek-cert KEK.pem [--kek-cert MORE.pem...] --db-cert DB.pem [--db-cert MORE.pem...] [--owner GUID] [--time T] -o DIR",
 		Short: "Make the PK, KEK and db enrollment files (.esl and signed .auth)",
-		Long: "Write into DIR the EFI signature lists PK.esl, KEK.esl and db.esl (one certificate each) and the signed\n" +
-			"authenticated variable updates PK.auth (signed by PK), KEK.auth (by PK) and db.auth (by KEK), the files\n" +
-			"efitools' cert-to-efi-sig-list and sign-efi-sig-list make. The updates carry SOURCE_DATE_EPOCH (0 when\n" +
-			"unset) as their time unless --time: firmware refuses a later update of a variable with an earlier time.\n" +
-			"The owner GUID defaults to one derived from the PK certificate. Enroll in setup mode, PK last, e.g.\n" +
+		Long: "Write into DIR the EFI signature lists PK.esl, KEK.esl and db.esl and the signed authenticated variable\n" +
+			"updates PK.auth (signed by PK), KEK.auth (by PK) and db.auth (by KEK), the files efitools'\n" +
+			"cert-to-efi-sig-list and sign-efi-sig-list make. --db-cert may be given several times (your db key,\n" +
+			"another vendor's signer): db holds one signature list per certificate, in the order given, as `cat` of\n" +
+			"cert-to-efi-sig-list's outputs. So may --kek-cert: the first is --kek-key's certificate (it signs\n" +
+			"db.auth), the others are enrolled in KEK after it. Each file holds one certificate. The updates carry\n" +
+			"SOURCE_DATE_EPOCH (0 when unset) as their time unless --time: firmware refuses a later update of a\n" +
+			"variable with an earlier time. The owner GUID defaults to one derived from the PK certificate. Enroll in\n" +
+			"setup mode, PK last, e.g.\n" +
 			"efi-updatevar -f db.auth db; efi-updatevar -f KEK.auth KEK; efi-updatevar -f PK.auth PK.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			for _, f := range []struct{ name, v string }{{"--pk-key", pkKey}, {"--pk-cert", pkCert}, {"--kek-key", kekKey}, {"--kek-cert", kekCert}, {"--db-cert", dbCert}, {"-o DIR", out}} {
+			first := func(l []string) string {
+				if len(l) == 0 {
+					return ""
+				}
+				return l[0]
+			}
+			for _, f := range []struct{ name, v string }{{"--pk-key", pkKey}, {"--pk-cert", pkCert}, {"--kek-key", kekKey}, {"--kek-cert", first(kekCerts)}, {"--db-cert", first(dbCerts)}, {"-o DIR", out}} {
 				if f.v == "" {
 					return usageError(fmt.Errorf("secureboot enroll-files: %s is required", f.name))
 				}
@@ -222,20 +287,26 @@ func newSecureBootEnrollCommand(g *globals) *cobra.Command {
 					return usageError(err)
 				}
 			}
+			for _, p := range []string{pkCert, kekCerts[0]} {
+				if err := singleCertificate(p); err != nil {
+					return err
+				}
+			}
 			pk, err := secureboot.LoadKey(cmd.Context(), pkKey, pkCert, keyPassphrase)
 			if err != nil {
 				return secureBootError(err)
 			}
-			kek, err := secureboot.LoadKey(cmd.Context(), kekKey, kekCert, keyPassphrase)
+			kek, err := secureboot.LoadKey(cmd.Context(), kekKey, kekCerts[0], keyPassphrase)
 			if err != nil {
 				return secureBootError(err)
 			}
-			db, err := secureboot.LoadCertificate(dbCert)
+			moreKEK, err := loadEnrollCerts("--kek-cert", kekCerts[1:], []*x509.Certificate{kek.Cert}, kekCerts[:1])
 			if err != nil {
-				return secureBootError(err)
+				return err
 			}
-			if db.PublicKeyAlgorithm != x509.RSA {
-				return usageError(fmt.Errorf("%w: %s carries a %s key", secureboot.ErrNotRSA, dbCert, db.PublicKeyAlgorithm))
+			db, err := loadEnrollCerts("--db-cert", dbCerts, nil, nil)
+			if err != nil {
+				return err
 			}
 			ownerGUID := efivar.DerivedGUID(pk.Cert.Raw)
 			if owner != "" {
@@ -243,7 +314,7 @@ func newSecureBootEnrollCommand(g *globals) *cobra.Command {
 					return usageError(fmt.Errorf("--owner: %w", err))
 				}
 			}
-			e := &efivar.Enrollment{PK: pk, KEK: kek, DB: db, Owner: ownerGUID, Time: ts}
+			e := &efivar.Enrollment{PK: pk, KEK: kek, MoreKEK: moreKEK, DB: db, Owner: ownerGUID, Time: ts}
 			files, err := e.Files()
 			if err != nil {
 				return secureBootError(err)
@@ -254,16 +325,25 @@ func newSecureBootEnrollCommand(g *globals) *cobra.Command {
 			if err := efivar.WriteFiles(out, files); err != nil {
 				return usageError(err)
 			}
+			kekSubjects := subjects(append([]*x509.Certificate{kek.Cert}, moreKEK...))
+			dbSubjects := subjects(db)
 			if g.json {
 				list := []map[string]any{}
 				for _, f := range files {
 					list = append(list, map[string]any{"file": filepath.Join(out, f.Name), "size": len(f.Data)})
 				}
-				return g.printJSON(map[string]any{"directory": out, "owner": ownerGUID.String(), "time": ts.Format(time.RFC3339), "files": list})
+				return g.printJSON(map[string]any{"directory": out, "owner": ownerGUID.String(), "time": ts.Format(time.RFC3339), "files": list,
+					"pk": subjects([]*x509.Certificate{pk.Cert}), "kek": kekSubjects, "db": dbSubjects})
 			}
 			fmt.Fprintf(g.env.Stdout, "wrote %s: owner %s, time %s\n", out, ownerGUID, ts.Format(time.RFC3339))
 			for _, f := range files {
 				fmt.Fprintf(g.env.Stdout, "  %-9s %5d bytes\n", f.Name, len(f.Data))
+			}
+			if len(kekSubjects) > 1 {
+				fmt.Fprintf(g.env.Stdout, "KEK: %d certificates: %s\n", len(kekSubjects), strings.Join(kekSubjects, "; "))
+			}
+			if len(dbSubjects) > 1 {
+				fmt.Fprintf(g.env.Stdout, "db: %d certificates: %s\n", len(dbSubjects), strings.Join(dbSubjects, "; "))
 			}
 			return nil
 		},
@@ -271,8 +351,8 @@ func newSecureBootEnrollCommand(g *globals) *cobra.Command {
 	c.Flags().StringVar(&pkKey, "pk-key", "", "PK's RSA key (signs PK.auth and KEK.auth): PEM file, env://VAR, or KMS URI")
 	c.Flags().StringVar(&pkCert, "pk-cert", "", "PK's certificate")
 	c.Flags().StringVar(&kekKey, "kek-key", "", "KEK's RSA key (signs db.auth)")
-	c.Flags().StringVar(&kekCert, "kek-cert", "", "KEK's certificate")
-	c.Flags().StringVar(&dbCert, "db-cert", "", "the db certificate (the one binaries are signed with)")
+	c.Flags().StringArrayVar(&kekCerts, "kek-cert", nil, "KEK's certificate; repeat to enroll more KEK certificates after it")
+	c.Flags().StringArrayVar(&dbCerts, "db-cert", nil, "a db certificate (one binaries are signed with); repeat for several, in order")
 	c.Flags().StringVar(&owner, "owner", "", "signature owner GUID (default: derived from the PK certificate)")
 	c.Flags().StringVar(&at, "time", "", "the updates' timestamp, UTC (default: SOURCE_DATE_EPOCH)")
 	c.Flags().StringVarP(&out, "output", "o", "", "write the six files into this directory (made if missing)")

@@ -33,6 +33,9 @@ import (
 // authenticated variable.
 var ErrFormat = errors.New("efivar: malformed data")
 
+// ErrDuplicate: an enrollment lists one certificate twice in a variable.
+var ErrDuplicate = errors.New("efivar: duplicate certificate")
+
 // Attributes are a variable's EFI_VARIABLE_* attribute bits.
 type Attributes uint32
 
@@ -247,10 +250,29 @@ func ParseUpdate(b []byte) (*Update, error) {
 	return &Update{Time: b[:efiTimeSize], Signature: b[efiTimeSize+winCertUEFIGUIDSize : end], Data: b[end:]}, nil
 }
 
+// X509SignatureLists returns one EFI_SIGNATURE_LIST per certificate (as
+// X509SignatureList makes it), concatenated in the order given: what
+// efitools gives for `cat` of cert-to-efi-sig-list's output for each. (A
+// signature list has one SignatureSize, so certificates of different sizes
+// cannot share one.)
+func X509SignatureLists(owner GUID, certs ...*x509.Certificate) []byte {
+	var b []byte
+	for _, c := range certs {
+		b = append(b, X509SignatureList(c.Raw, owner)...)
+	}
+	return b
+}
+
 // Enrollment is what the Secure Boot key enrollment files are made from.
 type Enrollment struct {
-	PK, KEK *secureboot.Key   // PK signs PK and KEK; KEK signs db
-	DB      *x509.Certificate // the certificate images are signed with
+	PK, KEK *secureboot.Key // PK signs PK and KEK; KEK signs db
+	// MoreKEK are further certificates enrolled in KEK after KEK's own
+	// (e.g. another vendor's KEK): they can sign db updates, but none
+	// signs one here.
+	MoreKEK []*x509.Certificate
+	// DB are the certificates images are signed with: one signature
+	// list each, in this order.
+	DB []*x509.Certificate
 	// Owner is the signature owner GUID in each list.
 	Owner GUID
 	// Time is the authenticated writes' timestamp (SOURCE_DATE_EPOCH):
@@ -264,33 +286,39 @@ type File struct {
 	Data []byte
 }
 
-// Files returns PK.esl, KEK.esl, db.esl (each the certificate's signature
-// list) and PK.auth, KEK.auth, db.auth (the signed updates that enroll
-// them: PK signed by PK, KEK by PK, db by KEK).
+// Files returns PK.esl, KEK.esl, db.esl (the certificates' signature
+// lists: PK's; KEK's own, then MoreKEK; DB) and PK.auth, KEK.auth, db.auth
+// (the signed updates that enroll them: PK signed by PK, KEK by PK, db by
+// KEK). A certificate given twice for one variable is refused.
 func (e *Enrollment) Files() ([]File, error) {
-	if e.PK == nil || e.KEK == nil || e.DB == nil {
+	if e.PK == nil || e.KEK == nil || len(e.DB) == 0 {
 		return nil, errors.New("efivar: an enrollment needs PK and KEK keys and a db certificate")
 	}
-	for _, c := range []struct {
-		name string
-		cert *x509.Certificate
-	}{{"PK", e.PK.Cert}, {"KEK", e.KEK.Cert}, {"db", e.DB}} {
-		if c.cert == nil {
-			return nil, fmt.Errorf("efivar: no %s certificate", c.name)
-		}
-		if c.cert.PublicKeyAlgorithm != x509.RSA {
-			return nil, fmt.Errorf("%w: the %s certificate carries a %s key", secureboot.ErrNotRSA, c.name, c.cert.PublicKeyAlgorithm)
-		}
-	}
+	kek := append([]*x509.Certificate{e.KEK.Cert}, e.MoreKEK...)
 	steps := []struct {
 		v      Variable
-		cert   *x509.Certificate
+		certs  []*x509.Certificate
 		signer *secureboot.Key
-	}{{PK, e.PK.Cert, e.PK}, {KEK, e.KEK.Cert, e.PK}, {DB, e.DB, e.KEK}}
+	}{{PK, []*x509.Certificate{e.PK.Cert}, e.PK}, {KEK, kek, e.PK}, {DB, e.DB, e.KEK}}
+	for _, s := range steps {
+		for i, c := range s.certs {
+			if c == nil {
+				return nil, fmt.Errorf("efivar: no %s certificate", s.v.Name)
+			}
+			if c.PublicKeyAlgorithm != x509.RSA {
+				return nil, fmt.Errorf("%w: the %s certificate %s carries a %s key", secureboot.ErrNotRSA, s.v.Name, c.Subject, c.PublicKeyAlgorithm)
+			}
+			for _, d := range s.certs[:i] {
+				if d != nil && d.Equal(c) {
+					return nil, fmt.Errorf("%w: %s: certificate %s given twice", ErrDuplicate, s.v.Name, c.Subject)
+				}
+			}
+		}
+	}
 	files := make([]File, 0, 2*len(steps))
 	var auths []File
 	for _, s := range steps {
-		esl := X509SignatureList(s.cert.Raw, e.Owner)
+		esl := X509SignatureLists(e.Owner, s.certs...)
 		auth, err := SignUpdate(s.v, e.Time, esl, s.signer)
 		if err != nil {
 			return nil, err

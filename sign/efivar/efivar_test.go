@@ -179,7 +179,7 @@ func verifyUpdate(t *testing.T, v Variable, ts time.Time, auth []byte, cert *x50
 func TestEnrollment(t *testing.T) {
 	pk, kek, db := keys(t)
 	ts := time.Unix(1700000000, 0)
-	e := &Enrollment{PK: pk, KEK: kek, DB: db.Cert, Owner: MustParseGUID("01234567-89ab-cdef-0123-456789abcdef"), Time: ts}
+	e := &Enrollment{PK: pk, KEK: kek, DB: []*x509.Certificate{db.Cert}, Owner: MustParseGUID("01234567-89ab-cdef-0123-456789abcdef"), Time: ts}
 	files, err := e.Files()
 	if err != nil {
 		t.Fatal(err)
@@ -236,6 +236,71 @@ func TestEnrollment(t *testing.T) {
 	}
 	if err := WriteFiles(filepath.Join(dir, "nonexistent"), files); err == nil {
 		t.Fatal("WriteFiles into a missing directory succeeded")
+	}
+}
+
+// TestEnrollmentSeveral: several db certificates (and a second KEK
+// certificate) give one signature list each, concatenated in the order
+// given, signed as one value by the one signer; a certificate listed
+// twice is refused.
+func TestEnrollmentSeveral(t *testing.T) {
+	pk, kek, db := keys(t)
+	other := newKey(t, "kiln test other")
+	ts := time.Unix(1700000000, 0)
+	owner := MustParseGUID("01234567-89ab-cdef-0123-456789abcdef")
+	e := &Enrollment{PK: pk, KEK: kek, MoreKEK: []*x509.Certificate{other.Cert}, DB: []*x509.Certificate{db.Cert, other.Cert, pk.Cert}, Owner: owner, Time: ts}
+	files, err := e.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string][]byte{}
+	for _, f := range files {
+		byName[f.Name] = f.Data
+	}
+	for _, c := range []struct {
+		v      Variable
+		certs  []*x509.Certificate
+		signer *x509.Certificate
+	}{{PK, []*x509.Certificate{pk.Cert}, pk.Cert}, {KEK, []*x509.Certificate{kek.Cert, other.Cert}, pk.Cert}, {DB, e.DB, kek.Cert}} {
+		esl := byName[c.v.Name+".esl"]
+		var want []byte
+		for _, cert := range c.certs {
+			want = append(want, X509SignatureList(cert.Raw, owner)...)
+		}
+		if !bytes.Equal(esl, want) || !bytes.Equal(esl, X509SignatureLists(owner, c.certs...)) {
+			t.Fatalf("%s.esl is not its certificates' lists, concatenated", c.v.Name)
+		}
+		lists, err := ParseSignatureLists(esl)
+		if err != nil || len(lists) != len(c.certs) {
+			t.Fatalf("%s.esl: %d lists (%v), want %d", c.v.Name, len(lists), err, len(c.certs))
+		}
+		for i, l := range lists {
+			if l.Type != CertX509 || len(l.Signatures) != 1 || l.Signatures[0].Owner != owner || !bytes.Equal(l.Signatures[0].Data, c.certs[i].Raw) {
+				t.Fatalf("%s.esl list %d: %+v", c.v.Name, i, l)
+			}
+		}
+		if u := verifyUpdate(t, c.v, ts, byName[c.v.Name+".auth"], c.signer); !bytes.Equal(u.Data, esl) {
+			t.Fatalf("%s.auth's value is not %s.esl", c.v.Name, c.v.Name)
+		}
+	}
+
+	for name, bad := range map[string]Enrollment{
+		"db twice":        {PK: pk, KEK: kek, DB: []*x509.Certificate{db.Cert, other.Cert, db.Cert}, Owner: owner, Time: ts},
+		"KEK's own again": {PK: pk, KEK: kek, MoreKEK: []*x509.Certificate{kek.Cert}, DB: []*x509.Certificate{db.Cert}, Owner: owner, Time: ts},
+		"MoreKEK twice":   {PK: pk, KEK: kek, MoreKEK: []*x509.Certificate{other.Cert, other.Cert}, DB: []*x509.Certificate{db.Cert}, Owner: owner, Time: ts},
+	} {
+		if _, err := bad.Files(); !errors.Is(err, ErrDuplicate) {
+			t.Errorf("%s: %v, want ErrDuplicate", name, err)
+		}
+	}
+	for name, bad := range map[string]Enrollment{
+		"no db":       {PK: pk, KEK: kek, Owner: owner, Time: ts},
+		"nil db":      {PK: pk, KEK: kek, DB: []*x509.Certificate{db.Cert, nil}, Owner: owner, Time: ts},
+		"nil MoreKEK": {PK: pk, KEK: kek, MoreKEK: []*x509.Certificate{nil}, DB: []*x509.Certificate{db.Cert}, Owner: owner, Time: ts},
+	} {
+		if _, err := bad.Files(); err == nil {
+			t.Errorf("%s: no error", name)
+		}
 	}
 }
 
