@@ -96,22 +96,33 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-protobuf >/dev/null; }
 	@$(MAKE) --no-print-directory paycheck
 
-# paycheck: update_engine's scripts/ in $(PAYCHECK_DIR), checked against the pin.
+# paycheck: update_engine's scripts/ in $(PAYCHECK_DIR), checked against the
+# pin: from the pinned copy beside the project ($(UPDATE_ENGINE_COPY), the
+# same content ids) when it is there, else fetched from $(UPDATE_ENGINE_GIT).
+UPDATE_ENGINE_COPY ?= ../shared/update_engine
 paycheck:
 	@if [ ! -f $(PAYCHECK_DIR)/.complete ]; then \
-	  echo "fetching update_engine $(UPDATE_ENGINE_REF) from $(UPDATE_ENGINE_GIT)"; \
 	  tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	  git -C "$$tmp" init -q && \
-	  if ! timeout 120 git -C "$$tmp" fetch -q --depth 1 "$(UPDATE_ENGINE_GIT)" "$(UPDATE_ENGINE_REF)"; then \
-	    echo "WARNING: cannot fetch update_engine from $(UPDATE_ENGINE_GIT): the paycheck.py tests will be SKIPPED." >&2; \
-	    echo "         (set UPDATE_ENGINE_GIT to a reachable copy of platform/system/update_engine and UPDATE_ENGINE_REF to" >&2; \
-	    echo "         a ref of it with the same content, e.g. LineageOS's android_system_update_engine, refs/heads/lineage-19.1)" >&2; \
-	    mkdir -p $(KILN_CACHE) && echo "update_engine could not be fetched from $(UPDATE_ENGINE_GIT)" > $(PAYCHECK_DIR).unavailable; exit 0; fi && \
-	  tree=$$(git -C "$$tmp" rev-parse FETCH_HEAD:scripts) && proto=$$(git -C "$$tmp" rev-parse FETCH_HEAD:update_metadata.proto) && \
+	  if [ -f $(UPDATE_ENGINE_COPY)/update_metadata.proto ] && [ -d $(UPDATE_ENGINE_COPY)/scripts ]; then \
+	    echo "update_engine from $(UPDATE_ENGINE_COPY)"; \
+	    cp -r $(UPDATE_ENGINE_COPY)/scripts $(UPDATE_ENGINE_COPY)/update_metadata.proto "$$tmp"/ && \
+	    git -C "$$tmp" add scripts update_metadata.proto && \
+	    git -C "$$tmp" -c user.name=kiln -c user.email=kiln@localhost commit -q -m copy && rev=HEAD; \
+	  else \
+	    echo "fetching update_engine $(UPDATE_ENGINE_REF) from $(UPDATE_ENGINE_GIT)"; \
+	    if ! timeout 120 git -C "$$tmp" fetch -q --depth 1 "$(UPDATE_ENGINE_GIT)" "$(UPDATE_ENGINE_REF)"; then \
+	      echo "WARNING: cannot fetch update_engine from $(UPDATE_ENGINE_GIT): the paycheck.py tests will be SKIPPED." >&2; \
+	      echo "         (set UPDATE_ENGINE_COPY to a directory holding its scripts/ and update_metadata.proto, or UPDATE_ENGINE_GIT" >&2; \
+	      echo "         to a reachable copy of platform/system/update_engine and UPDATE_ENGINE_REF to a ref of it with the same content)" >&2; \
+	      mkdir -p $(KILN_CACHE) && echo "update_engine could not be fetched from $(UPDATE_ENGINE_GIT)" > $(PAYCHECK_DIR).unavailable; exit 0; fi; \
+	    rev=FETCH_HEAD; \
+	  fi && \
+	  tree=$$(git -C "$$tmp" rev-parse $$rev:scripts) && proto=$$(git -C "$$tmp" rev-parse $$rev:update_metadata.proto) && \
 	  if [ "$$tree" != $(UPDATE_ENGINE_TREE) ] || [ "$$proto" != $(UPDATE_ENGINE_PROTO) ]; then \
-	    echo "update_engine $(UPDATE_ENGINE_REF): scripts/ $$tree, update_metadata.proto $$proto; want $(UPDATE_ENGINE_TREE), $(UPDATE_ENGINE_PROTO)" >&2; exit 1; fi && \
+	    echo "update_engine: scripts/ $$tree, update_metadata.proto $$proto; want $(UPDATE_ENGINE_TREE), $(UPDATE_ENGINE_PROTO)" >&2; exit 1; fi && \
 	  rm -rf $(PAYCHECK_DIR) && mkdir -p $(PAYCHECK_DIR) && \
-	  git -C "$$tmp" archive FETCH_HEAD scripts update_metadata.proto | tar -x -C $(PAYCHECK_DIR) && \
+	  git -C "$$tmp" archive $$rev scripts update_metadata.proto | tar -x -C $(PAYCHECK_DIR) && \
 	  protoc -I $(PAYCHECK_DIR) --python_out=$(PAYCHECK_DIR)/scripts/update_payload $(PAYCHECK_DIR)/update_metadata.proto && \
 	  rm -f $(PAYCHECK_DIR).unavailable && touch $(PAYCHECK_DIR)/.complete; \
 	fi

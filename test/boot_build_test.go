@@ -20,7 +20,7 @@ func bootableRecipe(t *testing.T, dir, cache, boot string) string {
 	if boot == "" {
 		boot = fmt.Sprintf(`  kernel: %[1]s/root/boot/vmlinuz
   modules: %[1]s/root/lib/modules/current
-  load: [virtio_pci, virtio_blk, virtio_scsi, sd_mod, nvme, dm_verity, efivarfs]
+  load: [virtio_pci, virtio_blk, virtio_scsi, sd_mod, nvme, xen_blkfront, hv_storvsc, dm_verity, efivarfs]
   stub: %[1]s/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub
   cmdline: "console=ttyS0 panic=1 quiet"
   sign-kernel: true
@@ -166,7 +166,7 @@ func TestBootBuildContents(t *testing.T) {
 	for i, n := range names {
 		pos[strings.ReplaceAll(n, "-", "_")] = i
 	}
-	for _, want := range []string{"virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "dm_verity", "efivarfs"} {
+	for _, want := range []string{"virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "xen_blkfront", "hv_storvsc", "hv_vmbus", "dm_verity", "efivarfs"} {
 		if _, ok := pos[want]; !ok {
 			t.Errorf("module %s is not in the load order %v", want, names)
 		}
