@@ -9,15 +9,11 @@ import (
 )
 
 // TestSourceOCIWithoutPolicy: on a fresh machine (HOME empty, no
-// containers configuration in the environment, none in /etc on this
-// one) an oci: source builds, with a warning that nothing checks image
+// containers configuration in the environment or in /etc and /usr/share,
+// hidden in a mount namespace where this host has one) an oci: source
+// builds, with a warning that nothing checks image
 // signatures; it used to fail with "no policy.json file found".
 func TestSourceOCIWithoutPolicy(t *testing.T) {
-	for _, p := range []string{"/etc/containers/policy.json", "/usr/share/containers/policy.json"} {
-		if _, err := os.Stat(p); err == nil {
-			t.Fatalf("%s exists: this test needs a machine without a containers policy", p)
-		}
-	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "img")
 	umoci := func(args ...string) {
@@ -46,7 +42,11 @@ func TestSourceOCIWithoutPolicy(t *testing.T) {
 		}
 	}
 	out := filepath.Join(dir, "out")
-	cmd := exec.Command(kiln, "build", recipe, "-o", out)
+	// A machine without a containers policy, whatever this one has (podman
+	// and skopeo install one): kiln runs in a mount namespace of its own
+	// where the system's containers directories are empty.
+	hide := "for d in /etc/containers /usr/share/containers; do [ -d $d ] && mount -t tmpfs tmpfs $d; done; exec \"$@\""
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh", kiln, "build", recipe, "-o", out)
 	cmd.Env = append(env, "HOME="+home, "SOURCE_DATE_EPOCH=1700000000")
 	b, err := cmd.CombinedOutput()
 	if err != nil {
