@@ -84,7 +84,7 @@ func TestAntiRollbackUsesSignedRecords(t *testing.T) {
 
 	mustRun(t, kiln, "payload", "apply", full2, "--disk", disk, "--key", key+".pub")
 	bootTrial(t, disk, 4)
-	mustRun(t, kiln, "slot", "mark-good", disk)
+	mustRun(t, kiln, "slot", "mark-good", disk, "USR-B")
 	st := statusOf(t, disk, "--key", key+".pub")
 	if st.Booted != "USR-B" || st.Slots[0].Version != "1.0.0" || st.Slots[1].Version != "2.0.0" ||
 		st.Slots[0].Record != "verified" || st.Slots[1].Record != "verified" {
@@ -155,7 +155,7 @@ func TestWritersTakeTheLock(t *testing.T) {
 	m := filepath.Join(rel["1.0.0"], "manifest.json")
 	for _, args := range [][]string{
 		{"payload", "apply", delta, "--disk", disk, "--key", key + ".pub"},
-		{"slot", "mark-good", disk},
+		{"slot", "mark-good", disk, "USR-A"},
 		{"slot", "rollback", disk},
 		{"slot", "mark-bootable", disk, "USR-B", "--manifest", m, "--key", key + ".pub"},
 	} {
@@ -180,7 +180,7 @@ func TestWritersTakeTheLock(t *testing.T) {
 		for i, args := range [][]string{
 			{"payload", "apply", delta, "--disk", disk, "--key", key + ".pub"},
 			{"payload", "apply", delta, "--disk", disk, "--key", key + ".pub"},
-			{"slot", "mark-good", disk},
+			{"slot", "mark-good", disk, "USR-A"},
 		} {
 			wg.Add(1)
 			go func() {
@@ -232,7 +232,7 @@ func TestKilledApplyAndMarkGood(t *testing.T) {
 	copyFile(t, filepath.Join(rel["1.0.0"], "disk.img"), second)
 	mustRun(t, kiln, "payload", "apply", full2, "--disk", second, "--key", key+".pub")
 	bootTrial(t, second, 4)
-	mustRun(t, kiln, "slot", "mark-good", second)
+	mustRun(t, kiln, "slot", "mark-good", second, "USR-B")
 
 	timed := func(args ...string) time.Duration {
 		start := time.Now()
@@ -298,13 +298,13 @@ func TestKilledApplyAndMarkGood(t *testing.T) {
 			if i%3 == 0 {
 				// Kill mark-good after GRUB's trial decrement, too.
 				bootTrial(t, disk, map[string]int{"USR-A": 3, "USR-B": 4}[sc.target])
-				cmd := exec.Command(kiln, "slot", "mark-good", disk)
+				cmd := exec.Command(kiln, "slot", "mark-good", disk, sc.target)
 				cmd.Start()
 				time.Sleep(time.Duration(rng.Int64N(int64(5 * time.Millisecond))))
 				cmd.Process.Signal(syscall.SIGKILL)
 				cmd.Wait()
 				check(when+", mark-good killed", "", "")
-				mustRun(t, kiln, "slot", "mark-good", disk)
+				mustRun(t, kiln, "slot", "mark-good", disk, sc.target)
 				check(when+", mark-good run again", sc.target, sc.version)
 			}
 		}

@@ -289,8 +289,12 @@ func (s slotStatus) roles(label string) string {
 func TestSlotLifecycle(t *testing.T) {
 	disk := filepath.Join(t.TempDir(), "disk.img")
 	mustRun(t, kiln, "layout", "init", disk)
-	if r := run(t, kiln, "slot", "rollback", disk); r.code != 1 || !strings.Contains(r.stderr, "USR-B has never booted successfully") {
-		t.Errorf("rollback to an unbooted slot: %+v", r)
+	fresh := mustRun(t, "sha256sum", disk)
+	if r := run(t, kiln, "slot", "rollback", disk); r.code != 0 || !strings.Contains(r.stdout, "nothing changed: USR-A boots next already") {
+		t.Errorf("rollback with nothing to roll back to: %+v", r)
+	}
+	if again := mustRun(t, "sha256sum", disk); again != fresh {
+		t.Error("a rollback that had nothing to do wrote the disk")
 	}
 	// An update is installed into USR-B: on trial, not yet tried.
 	mustRun(t, "cgpt", "add", "-i", "4", "-P", "2", "-T", "1", "-S", "0", disk)
@@ -305,7 +309,7 @@ func TestSlotLifecycle(t *testing.T) {
 		t.Fatalf("during the trial boot: %+v", st)
 	}
 	// The booted system blesses its slot.
-	out := mustRun(t, kiln, "slot", "mark-good", disk)
+	out := mustRun(t, kiln, "slot", "mark-good", disk, "USR-B")
 	if !strings.Contains(out, "USR-B marked good") {
 		t.Errorf("mark-good output:\n%s", out)
 	}
@@ -316,12 +320,25 @@ func TestSlotLifecycle(t *testing.T) {
 		t.Errorf("mark-good changed USR-A: %v", got)
 	}
 	sgdiskClean(t, disk)
-	out = mustRun(t, kiln, "slot", "rollback", disk)
+	// Both slots good, on an image: which booted last is not on the disk,
+	// so rollback refuses to guess until told.
+	if r := run(t, kiln, "slot", "rollback", disk); r.code != 2 || !strings.Contains(r.stderr, "name the slot to abandon") {
+		t.Errorf("rollback of two good slots on an image: %+v", r)
+	}
+	out = mustRun(t, kiln, "slot", "rollback", disk, "USR-B")
 	if !strings.Contains(out, "next boot: USR-A") {
 		t.Errorf("rollback output:\n%s", out)
 	}
 	if got := cgptSlot(t, disk, 3); got != [3]int{3, 0, 1} {
 		t.Errorf("after rollback cgpt shows USR-A %v, want [3 0 1]", got)
+	}
+	// Again: the same state, nothing written.
+	before := mustRun(t, "sha256sum", disk)
+	if out := mustRun(t, kiln, "slot", "rollback", disk, "USR-B"); !strings.Contains(out, "nothing changed") {
+		t.Errorf("second rollback:\n%s", out)
+	}
+	if mustRun(t, "sha256sum", disk) != before {
+		t.Error("a second rollback changed the disk")
 	}
 	sgdiskClean(t, disk)
 	// A trial that fails: rollback abandons it, the fallback boots.
@@ -329,6 +346,10 @@ func TestSlotLifecycle(t *testing.T) {
 	mustRun(t, kiln, "slot", "rollback", disk)
 	if got := cgptSlot(t, disk, 4); got != [3]int{0, 0, 0} {
 		t.Errorf("after abandoning the trial USR-B %v, want [0 0 0]", got)
+	}
+	before = mustRun(t, "sha256sum", disk)
+	if out := mustRun(t, kiln, "slot", "rollback", disk); !strings.Contains(out, "nothing changed") || mustRun(t, "sha256sum", disk) != before {
+		t.Errorf("rollback run again after abandoning the trial changed the disk:\n%s", out)
 	}
 	if st := statusOf(t, disk); st.Next != "USR-A" || st.Booted != "USR-A" {
 		t.Errorf("after abandoning the trial: %+v", st)
@@ -363,7 +384,7 @@ func TestDamagedGPTCopies(t *testing.T) {
 			if st := statusOf(t, disk); st.Next != "USR-A" {
 				t.Fatalf("status: %+v", st)
 			}
-			mustRun(t, kiln, "slot", "mark-good", disk)
+			mustRun(t, kiln, "slot", "mark-good", disk, "USR-A")
 			mustRun(t, kiln, "layout", "check", disk)
 			sgdiskClean(t, disk)
 			if got := cgptSlot(t, disk, 3); got != [3]int{2, 0, 1} {

@@ -206,7 +206,7 @@ func TestDeltaPayloadUpdatesPassiveSlot(t *testing.T) {
 	// system marks it good; then the full payload back to USR-A is a
 	// reinstall of 1.1.0 into the now passive slot.
 	mustRun(t, "cgpt", "add", "-i", "4", "-T", "0", disk)
-	mustRun(t, kiln, "slot", "mark-good", disk)
+	mustRun(t, kiln, "slot", "mark-good", disk, "USR-B")
 	if got := cgptSlot(t, disk, 4); got != [3]int{2, 0, 1} {
 		t.Errorf("after mark-good USR-B %v", got)
 	}

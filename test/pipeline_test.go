@@ -67,7 +67,7 @@ func TestReleasePipeline(t *testing.T) {
 	// The reboot: gptprio lowers USR-B's tries and boots it; the booted
 	// system marks it good.
 	mustRun(t, "cgpt", "add", "-i", "4", "-T", "0", node)
-	mustRun(t, kiln, "slot", "mark-good", node)
+	mustRun(t, kiln, "slot", "mark-good", node, "USR-B")
 	st = statusOf(t, node)
 	if st.Booted != "USR-B" || st.Next != "USR-B" {
 		t.Fatalf("after mark-good: booted %s, next %s", st.Booted, st.Next)

@@ -19,6 +19,7 @@ package slot
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/kiln-os/kiln/layout"
 )
@@ -208,29 +209,52 @@ func MarkGood(t *layout.Table, e *layout.Entry) error {
 // ErrRollback is returned when there is nothing to roll back to.
 var ErrRollback = errors.New("slot: cannot roll back")
 
-// Rollback abandons the booted slot. A slot on trial leaves the boot
-// order (priority 0), so the fallback boots next; a successful slot stays,
-// and the other slot, which must have booted successfully before, gets a
-// priority above it. It returns the slot that now boots next.
-func Rollback(t *layout.Table, booted *layout.Entry) (*layout.Entry, error) {
+// ErrUnproven is returned when a command needs to know which slot booted
+// and the disk cannot tell: an image with two slots either of which may
+// have booted last.
+var ErrUnproven = errors.New("slot: the booted slot cannot be told")
+
+// Rollback abandons the booted slot b.Entry so that the other slot boots
+// next. A slot on trial leaves the boot order (priority 0); a good slot
+// yields: the other slot, which must have booted successfully, gets a
+// priority above it. It returns the slot that boots next and whether
+// anything changed: running it again, or after a kill whose write had
+// landed, changes nothing. A booted slot already out of the boot order,
+// with the other slot good and next, is that state: nothing to do. When
+// the booted slot is only inferred from the bits and both slots could
+// have booted last, it refuses (ErrUnproven) rather than guess.
+func Rollback(t *layout.Table, b Booted) (*layout.Entry, bool, error) {
+	booted := b.Entry
 	if booted == nil {
-		return nil, fmt.Errorf("%w: no slot is booted", ErrRollback)
+		return nil, false, fmt.Errorf("%w: no slot is booted", ErrRollback)
 	}
 	o, err := Other(t, booted)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	os := o.Slot()
-	if !os.Successful {
-		return nil, fmt.Errorf("%w: %s has never booted successfully", ErrRollback, o.Label)
-	}
-	bs := booted.Slot()
-	if OnTrial(bs) {
+	bs, os := booted.Slot(), o.Slot()
+	good := func(s layout.SlotState) bool { return s.Successful && s.Priority > 0 }
+	next, _, _ := Next(t)
+	switch {
+	case bs.Priority == 0 && good(os) && next == o:
+		return o, false, nil // abandoned already
+	case !b.Running && good(bs) && next == booted && !os.Bootable():
+		// An image whose only bootable slot is good: the state a
+		// rollback leaves (or nothing to roll back); either way, nothing
+		// to do.
+		return booted, false, nil
+	case !b.Running && b.Guess:
+		return nil, false, fmt.Errorf("%w: %s and %s both booted successfully and the disk is not the running system's; name the slot to abandon", ErrUnproven, booted.Label, o.Label)
+	case !os.Successful:
+		return nil, false, fmt.Errorf("%w: %s has never booted successfully", ErrRollback, o.Label)
+	case OnTrial(bs):
 		if os.Priority == 0 {
-			return nil, fmt.Errorf("%w: %s is out of the boot order (priority 0); abandoning %s would leave nothing to boot", ErrRollback, o.Label, booted.Label)
+			return nil, false, fmt.Errorf("%w: %s is out of the boot order (priority 0); abandoning %s would leave nothing to boot", ErrRollback, o.Label, booted.Label)
 		}
 		booted.Attributes = layout.SlotState{}.Attributes(booted.Attributes)
-	} else {
+	case os.Priority > bs.Priority:
+		return o, false, nil // yielded already
+	default:
 		if bs.Priority >= 15 {
 			bs.Priority = 14
 			booted.Attributes = bs.Attributes(booted.Attributes)
@@ -238,11 +262,45 @@ func Rollback(t *layout.Table, booted *layout.Entry) (*layout.Entry, error) {
 		os.Priority = bs.Priority + 1
 		o.Attributes = os.Attributes(o.Attributes)
 	}
-	next, _, err := Next(t)
+	next, _, err = Next(t)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return next, nil
+	return next, true, nil
+}
+
+// ErrOnlyGood is returned for a change that would write, take out of the
+// boot order or clear the successful bit of the only slot that booted
+// successfully, or of the only slot the boot order allows.
+var ErrOnlyGood = errors.New("slot: the only good slot")
+
+// CheckSpare reports whether slot e may be overwritten, taken out of the
+// boot order or lose its successful bit (doing says which, for the
+// message): not when it is the only slot in the boot order that booted
+// successfully, nor the only slot the boot order allows at all. The error
+// says which slot would be left and how to go on.
+func CheckSpare(t *layout.Table, e *layout.Entry, doing string) error {
+	s := e.Slot()
+	var others []string
+	otherGood, otherBootable := false, false
+	for _, o := range t.Slots() {
+		if o == e {
+			continue
+		}
+		os := o.Slot()
+		otherGood = otherGood || os.Successful && os.Priority > 0
+		otherBootable = otherBootable || os.Bootable()
+		others = append(others, fmt.Sprintf("%s: %s", o.Label, os))
+	}
+	switch {
+	case s.Successful && s.Priority > 0 && !otherGood:
+		return fmt.Errorf("%w: %s is the only slot in the boot order that has booted successfully (%s); %s would leave no slot known to boot. Boot %s, mark it good if it is not, and update the other slot from it",
+			ErrOnlyGood, e.Label, strings.Join(others, "; "), doing, e.Label)
+	case s.Bootable() && !otherBootable:
+		return fmt.Errorf("%w: %s is the only slot the boot order allows (%s); %s would leave nothing to boot. Boot %s and mark it good first",
+			ErrOnlyGood, e.Label, strings.Join(others, "; "), doing, e.Label)
+	}
+	return nil
 }
 
 // ErrPriorityCeiling is returned when a slot cannot get a priority above

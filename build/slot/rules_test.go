@@ -182,35 +182,115 @@ func TestMarkGood(t *testing.T) {
 }
 
 func TestRollback(t *testing.T) {
+	running := func(tb *layout.Table, label string) Booted {
+		if label == "" {
+			return Booted{}
+		}
+		return Booted{Entry: lookup(tb, label), Running: true}
+	}
 	// Good booted slot: the other good slot gets a higher priority.
 	tb := slotTable(st(1, 0, true), st(2, 0, true))
-	n, err := Rollback(tb, lookup(tb, "USR-B"))
-	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-A").Slot().Priority != 3 {
-		t.Fatalf("rollback: %v %v %v", n, err, lookup(tb, "USR-A").Slot())
+	n, changed, err := Rollback(tb, running(tb, "USR-B"))
+	if err != nil || !changed || n.Label != "USR-A" || lookup(tb, "USR-A").Slot().Priority != 3 {
+		t.Fatalf("rollback: %v %v %v %v", n, changed, err, lookup(tb, "USR-A").Slot())
 	}
 	// At the ceiling the booted slot steps down instead.
 	tb = slotTable(st(3, 0, true), st(15, 0, true))
-	n, err = Rollback(tb, lookup(tb, "USR-B"))
+	n, _, err = Rollback(tb, running(tb, "USR-B"))
 	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-B").Slot().Priority != 14 || lookup(tb, "USR-A").Slot().Priority != 15 {
 		t.Fatal(n, err)
 	}
 	// A booted trial slot is abandoned: out of the boot order.
 	tb = slotTable(st(1, 0, true), st(2, 0, false))
-	n, err = Rollback(tb, lookup(tb, "USR-B"))
+	n, _, err = Rollback(tb, running(tb, "USR-B"))
 	if err != nil || n.Label != "USR-A" || lookup(tb, "USR-B").Slot() != (layout.SlotState{}) {
 		t.Fatalf("abandon trial: %v %v %v", n, err, lookup(tb, "USR-B").Slot())
 	}
 	// Nothing to go back to.
 	tb = slotTable(st(1, 0, true), st(0, 0, false))
-	if _, err := Rollback(tb, lookup(tb, "USR-A")); !errors.Is(err, ErrRollback) {
+	if _, _, err := Rollback(tb, running(tb, "USR-A")); !errors.Is(err, ErrRollback) {
 		t.Fatalf("rollback to a slot that never booted: %v", err)
 	}
 	tb = slotTable(st(0, 0, true), st(2, 0, false))
-	if _, err := Rollback(tb, lookup(tb, "USR-B")); !errors.Is(err, ErrRollback) {
+	if _, _, err := Rollback(tb, running(tb, "USR-B")); !errors.Is(err, ErrRollback) {
 		t.Fatalf("abandoning a trial with the fallback out of the boot order: %v", err)
 	}
-	if _, err := Rollback(tb, nil); !errors.Is(err, ErrRollback) {
+	if _, _, err := Rollback(tb, Booted{}); !errors.Is(err, ErrRollback) {
 		t.Fatalf("rollback with nothing booted: %v", err)
+	}
+}
+
+// TestRollbackIsIdempotent runs rollback twice from each starting state,
+// as the running system (the booted slot proven) and on an image (the
+// booted slot inferred from the bits): the second run changes nothing
+// and does not fail.
+func TestRollbackIsIdempotent(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		a, b layout.SlotState
+	}{
+		{"good booted", st(1, 0, true), st(2, 0, true)},
+		{"trial booted", st(1, 0, true), st(2, 0, false)},
+		{"trial failed", st(2, 0, true), st(3, 0, false)},
+		{"at the ceiling", st(3, 0, true), st(15, 0, true)},
+	} {
+		for _, image := range []bool{false, true} {
+			tb := slotTable(c.a, c.b)
+			booted := func() Booted {
+				if !image {
+					return Booted{Entry: lookup(tb, "USR-B"), Running: true}
+				}
+				return Booted{Entry: lookup(tb, "USR-B"), How: "named"}
+			}
+			if _, _, err := Rollback(tb, booted()); err != nil {
+				t.Fatalf("%s (image %v): %v", c.name, image, err)
+			}
+			after := fmt.Sprint(tb.Partitions)
+			runs := []Booted{booted()}
+			if image && !c.b.Successful {
+				// Unnamed, a re-run on the image infers the booted slot
+				// anew (only two good slots need the name).
+				e, how := InferBooted(tb)
+				runs = append(runs, Booted{Entry: e, How: how})
+			}
+			for _, b := range runs {
+				n, changed, err := Rollback(tb, b)
+				if err != nil || changed || n.Label != "USR-A" || fmt.Sprint(tb.Partitions) != after {
+					t.Errorf("%s (image %v), run again as %s: %v changed=%v %v\n%s\n%s", c.name, image, b.Entry.Label, n, changed, err, after, fmt.Sprint(tb.Partitions))
+				}
+			}
+		}
+	}
+	// An image where both slots are good and nothing named: refused, not
+	// guessed.
+	tb := slotTable(st(1, 0, true), st(2, 0, true))
+	e, how := InferBooted(tb)
+	if _, _, err := Rollback(tb, Booted{Entry: e, How: how, Guess: true}); !errors.Is(err, ErrUnproven) {
+		t.Errorf("a guess was rolled back: %v", err)
+	}
+}
+
+// TestCheckSpare: the only slot that booted successfully, or the only
+// bootable one, may not be written, taken out of the boot order or lose
+// its successful bit.
+func TestCheckSpare(t *testing.T) {
+	for _, c := range []struct {
+		a, b layout.SlotState
+		ok   bool
+	}{
+		{st(1, 0, true), st(2, 0, true), true},    // two good slots
+		{st(1, 0, true), st(0, 0, false), false},  // A the only good one
+		{st(1, 0, true), st(0, 0, true), false},   // B good but out of the boot order
+		{st(1, 0, true), st(2, 1, false), false},  // B on trial only: A the only good one
+		{st(0, 0, false), st(2, 0, true), true},   // A empty
+		{st(3, 1, false), st(0, 0, false), false}, // A the only bootable one
+		{st(3, 0, false), st(2, 0, true), true},   // A's trial failed
+	} {
+		tb := slotTable(c.a, c.b)
+		err := CheckSpare(tb, lookup(tb, "USR-A"), "writing it")
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, ErrOnlyGood)) {
+			t.Errorf("A %v, B %v: %v, want ok=%v", c.a, c.b, err, c.ok)
+		}
 	}
 }
 

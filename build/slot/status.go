@@ -17,6 +17,9 @@ type Booted struct {
 	// Running is set when the running system booted from it, not inferred
 	// from the slot bits.
 	Running bool
+	// Guess is set when it was inferred from the slot bits and another
+	// slot could as well have booted last (two good slots).
+	Guess bool
 }
 
 // FindBooted returns the booted slot of disk: the running system's when
@@ -30,7 +33,15 @@ func FindBooted(sys System, disk *os.File, t *layout.Table) (Booted, error) {
 		return Booted{Entry: e, How: how, Running: true}, nil
 	}
 	e, how = InferBooted(t)
-	return Booted{Entry: e, How: how}, nil
+	b := Booted{Entry: e, How: how}
+	if e != nil && e.Slot().Successful {
+		for _, o := range t.Slots() {
+			if o != e && o.Slot().Successful && o.Slot().Priority > 0 {
+				b.Guess = true
+			}
+		}
+	}
+	return b, nil
 }
 
 // Info is one USR slot as Status reports it.

@@ -162,6 +162,9 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	if err != nil {
 		return nil, err
 	}
+	if err := slot.CheckSpare(t, target, "writing it"); err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Disk, err)
+	}
 	if target.Size() != part.New.Size {
 		return nil, fmt.Errorf("%w: slot %s is %d bytes, the payload writes %d", ErrWrongPayload, target.Label, target.Size(), part.New.Size)
 	}

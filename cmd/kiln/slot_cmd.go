@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -164,7 +165,19 @@ func changeSlots(g *globals, disk string, change func(*layout.Table, slot.Booted
 	return changeSlotsOn(g, d, change, verb)
 }
 
-// changeSlotsOn is changeSlots on a disk already open for writing.
+// attributes is the attribute bits of every partition of t, to tell
+// whether a change changed anything.
+func attributes(t *layout.Table) string {
+	var b strings.Builder
+	for _, e := range t.Partitions {
+		fmt.Fprintf(&b, "%d:%x ", e.Number, e.Attributes)
+	}
+	return b.String()
+}
+
+// changeSlotsOn is changeSlots on a disk already open for writing. A
+// change that changes no bit writes nothing (unless a GPT copy needs
+// repair) and says so.
 func changeSlotsOn(g *globals, d *layout.Disk, change func(*layout.Table, slot.Booted) (*layout.Entry, error), verb string) error {
 	disk := d.Path
 	t, err := d.ReadTable()
@@ -175,12 +188,19 @@ func changeSlotsOn(g *globals, d *layout.Disk, change func(*layout.Table, slot.B
 	if err != nil {
 		return failed(err)
 	}
+	before := attributes(t)
 	e, err := change(t, b)
 	if err != nil {
+		if errors.Is(err, slot.ErrUnproven) || errors.Is(err, layout.ErrNoPartition) {
+			return usageError(fmt.Errorf("%s: %w", disk, err))
+		}
 		return failed(fmt.Errorf("%s: %w", disk, err))
 	}
-	if err := d.UpdateAttributes(t); err != nil {
-		return failed(err)
+	changed := attributes(t) != before
+	if changed || t.Copies.Err() != nil {
+		if err := d.UpdateAttributes(t); err != nil {
+			return failed(err)
+		}
 	}
 	if t, err = d.ReadTable(); err != nil {
 		return failed(err)
@@ -191,12 +211,17 @@ func changeSlotsOn(g *globals, d *layout.Disk, change func(*layout.Table, slot.B
 	s := slot.ReadStatus(d.File, t, b, nil)
 	if g.json {
 		return g.printJSON(struct {
-			Disk    string `json:"disk"`
-			Changed string `json:"changed"`
+			Disk      string `json:"disk"`
+			Changed   string `json:"changed"`
+			Unchanged bool   `json:"unchanged,omitempty"`
 			*slot.Status
-		}{disk, e.Label, s})
+		}{disk, e.Label, !changed, s})
 	}
-	fmt.Fprintf(g.env.Stdout, "%s: %s %s\n", disk, e.Label, verb)
+	if changed {
+		fmt.Fprintf(g.env.Stdout, "%s: %s %s\n", disk, e.Label, verb)
+	} else {
+		fmt.Fprintf(g.env.Stdout, "%s: nothing changed: %s %s already\n", disk, e.Label, verb)
+	}
 	printSlotStatus(g, s)
 	return nil
 }
@@ -206,9 +231,9 @@ func newSlotMarkGoodCommand(g *globals) *cobra.Command {
 		Use:   "mark-good [DISK [SLOT]]",
 		Short: "Mark the booted slot (or SLOT) as successfully booted",
 		Long: "Without DISK, the disk the running system booted from (the disk under /usr).\n" +
-			"Marks the slot that is booted: on the running system, the partition under /usr (through dm-verity);\n" +
-			"on a disk image, the slot GRUB's gptprio tried last (tries used up, not yet good), else the good slot\n" +
-			"with the highest priority; or the SLOT named. It gets successful=1 and tries=0 (for a good slot the boot\n" +
+			"Marks the slot that is booted: on the running system, the partition under /usr (through dm-verity),\n" +
+			"or the SLOT named. It never guesses: on a disk image, or when /usr is not on a partition of DISK,\n" +
+			"name the slot. It gets successful=1 and tries=0 (for a good slot the boot\n" +
 			"path counts unconfirmed boots in the tries bits: run mark-good on every boot once the system is up).\n" +
 			"When it has the highest priority it gets priority 2 and every other slot in the boot order priority 1,\n" +
 			"so priorities never climb to the ceiling of 15; a slot that outranks it (an update waiting for its\n" +
@@ -226,6 +251,9 @@ func newSlotMarkGoodCommand(g *globals) *cobra.Command {
 					if e, err = t.Lookup(args[1]); err != nil {
 						return nil, err
 					}
+				} else if !b.Running {
+					return nil, fmt.Errorf("%w: %s is not the disk under this system's /usr (an image, another disk, or /usr not on a partition of it: an overlay, a tmpfs), so which slot booted cannot be proven; name the slot: kiln slot mark-good %s SLOT",
+						slot.ErrUnproven, disk, disk)
 				}
 				if e == nil {
 					return nil, fmt.Errorf("no slot is booted (%s); name the slot to mark", b.How)
@@ -238,12 +266,33 @@ func newSlotMarkGoodCommand(g *globals) *cobra.Command {
 
 func newSlotRollbackCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "rollback DISK",
-		Short: "Abandon the booted slot: a slot on trial leaves the boot order; a good one yields to the other good slot",
-		Args:  cobra.ExactArgs(1),
+		Use:   "rollback [DISK [SLOT]]",
+		Short: "Abandon the booted slot (or SLOT): a slot on trial leaves the boot order; a good one yields to the other good slot",
+		Long: "Without DISK, the disk the running system booted from. The slot abandoned is the booted one: on the\n" +
+			"running system the partition under /usr; on a disk image the slot the bits show booted last, and when\n" +
+			"both slots booted successfully it refuses rather than guess: name SLOT. Running it again changes nothing.",
+		Args: cobra.RangeArgs(0, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return changeSlots(g, args[0], func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
-				return slot.Rollback(t, b.Entry)
+			disk, err := bootedDisk(args)
+			if err != nil {
+				return err
+			}
+			return changeSlots(g, disk, func(t *layout.Table, b slot.Booted) (*layout.Entry, error) {
+				if len(args) == 2 {
+					e, err := t.Lookup(args[1])
+					if err != nil {
+						return nil, err
+					}
+					if e.Type != layout.TypeCoreOSUsr {
+						return nil, fmt.Errorf("partition %s is not a USR slot", e.Name())
+					}
+					if b.Running && b.Entry != e {
+						return nil, fmt.Errorf("%s is not the booted slot (%s booted: %s); a rollback abandons the booted slot", e.Label, b.Entry.Label, b.How)
+					}
+					b = slot.Booted{Entry: e, How: "named", Running: b.Running}
+				}
+				next, _, err := slot.Rollback(t, b)
+				return next, err
 			}, "boots next")
 		},
 	}
@@ -338,6 +387,9 @@ func newSlotMarkBootableCommand(g *globals) *cobra.Command {
 				}
 				if b.Entry != nil && slot.OnTrial(b.Entry.Slot()) {
 					return nil, fmt.Errorf("%s booted on trial and is not marked good; a second slot on trial would leave no fallback", b.Entry.Label)
+				}
+				if err := slot.CheckSpare(t, e, "putting it on trial (its successful bit cleared)"); err != nil {
+					return nil, err
 				}
 				return e, slot.MarkTrial(t, e)
 			}, "marked bootable (on trial)")
