@@ -339,3 +339,48 @@ func TestBootKernelKeys(t *testing.T) {
 	expectConsole(t, console, `kiln: refusing USR-B: kexec_file_load \(under lockdown .*\): required key not available; skipped for this boot`)
 	expectBooted(t, console, "USR-A 1.0.0")
 }
+
+// TestBootOnlyGoodSlot runs the commands of a node that abandons a trial
+// in the middle of its boot, on the node itself (where the booted slot is
+// proven by /usr): booted from USR-B on trial, `slot rollback` takes
+// USR-B out of the boot order; `payload apply` in the same boot would now
+// write USR-A, the only good slot: refused, USR-A untouched; rollback run
+// again changes nothing; mark-bootable of USR-A would clear its successful
+// bit: refused too. Then /usr is hidden under a tmpfs (as an overlay
+// would): mark-good cannot prove which slot booted and refuses.
+func TestBootOnlyGoodSlot(t *testing.T) {
+	t.Parallel()
+	r := newReleases(t)
+	r1 := r.build("1.0.0", relOpts{})
+	r2 := r.build("2.0.0", relOpts{})
+	r3 := r.build("3.0.0", relOpts{})
+	n := newNode(t, filepath.Join(r1, "disk.img"), "virtio")
+	r.apply(r.payload(r1, r2), n.disk)
+	script := `export PATH=/usr/bin:/usr/sbin
+kiln slot rollback; echo "KILN-TEST rollback exit $?"
+kiln slot rollback; echo "KILN-TEST rollback again exit $?"
+kiln payload apply -q /mnt/update.payload --key /usr/share/kiln/release.pub; echo "KILN-TEST apply exit $?"
+kiln slot mark-bootable /dev/vda USR-A --manifest /mnt/manifest.json --key /usr/share/kiln/release.pub; echo "KILN-TEST mark-bootable exit $?"
+mkdir -p /run/k && mount -t tmpfs tmpfs /run/k && cp /usr/bin/kiln /usr/bin/busybox /run/k/
+mount -t tmpfs tmpfs /usr
+/run/k/kiln slot mark-good /dev/vda; echo "KILN-TEST mark-good exit $?"
+/run/k/busybox sync
+/run/k/busybox poweroff -f
+`
+	pd := r.scriptDisk(r.payload("", r3), script, filepath.Join(r1, "manifest.json"), filepath.Join(r1, "manifest.json.sig"))
+	console := n.boot("rollback-then-apply", bootOpts{extra: pd})
+	expectConsole(t, console,
+		`/dev/vda: USR-A boots next`, `KILN-TEST rollback exit 0`,
+		`nothing changed: USR-A boots next already`, `KILN-TEST rollback again exit 0`,
+		`USR-A is the only slot in the boot order that has booted successfully .*writing it would leave no slot known to boot`, `KILN-TEST apply exit 1`,
+		`USR-A is the only slot in the boot order that has booted successfully .*putting it on trial`, `KILN-TEST mark-bootable exit 1`,
+		`which slot booted cannot be proven; name the slot`, `KILN-TEST mark-good exit 2`)
+	if got := cgptSlot(t, n.disk, 3); got != [3]int{1, 0, 1} {
+		t.Errorf("USR-A, the only good slot, changed: %v", got)
+	}
+	if got := cgptSlot(t, n.disk, 4); got != [3]int{0, 0, 0} {
+		t.Errorf("USR-B after the rollback: %v", got)
+	}
+	// USR-A's data is release 1's, whole.
+	mustRun(t, kiln, "slot", "verify", n.disk, "USR-A", "--manifest", filepath.Join(r1, "manifest.json"), "--key", r.key+".pub")
+}

@@ -83,9 +83,17 @@ func needQEMU(t *testing.T) {
 // goodInit is the guest's init in the test releases: it reports the
 // booted slot and release and the Secure Boot state, marks the slot good
 // (with no disk named: kiln finds the booted disk), applies a payload
-// found on a second disk, and powers off.
+// found on a second disk, and powers off. When that disk holds script.sh,
+// it runs that instead of marking good and applying.
 const goodInit = `#!/bin/sh
 export PATH=/usr/bin:/usr/sbin
+pd=$(busybox findfs LABEL=KILNPAYLOAD 2>/dev/null)
+[ -n "$pd" ] && mkdir -p /mnt && mount -o ro "$pd" /mnt
+if [ -f /mnt/script.sh ]; then
+	sh /mnt/script.sh
+	busybox sync
+	busybox poweroff -f
+fi
 st=$(kiln slot status)
 echo "$st"
 b=$(echo "$st" | grep '^booted:' | cut -d: -f2 | tr -d ' ')
@@ -95,9 +103,7 @@ mkdir -p /sys/firmware/efi/efivars && mount -t efivarfs efivarfs /sys/firmware/e
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 echo "KILN-TEST securebootvar=$(head -c 5 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c | tail -c 1 | od -An -tu1 | tr -d ' ') lockdown=$(cat /sys/kernel/security/lockdown)"
 kiln slot mark-good
-pd=$(busybox findfs LABEL=KILNPAYLOAD 2>/dev/null)
-if [ -n "$pd" ]; then
-	mkdir -p /mnt && mount -o ro "$pd" /mnt &&
+if [ -f /mnt/update.payload ]; then
 	kiln payload apply -q /mnt/update.payload --key /usr/share/kiln/release.pub && echo "KILN-TEST applied"
 fi
 sync
@@ -182,7 +188,11 @@ func (r *bootReleases) build(v string, o relOpts) string {
 func (r *bootReleases) payload(from, to string) string {
 	t := r.t
 	t.Helper()
-	p := filepath.Join(r.dir, filepath.Base(from)+"-"+filepath.Base(to)+".payload")
+	name := "full"
+	if from != "" {
+		name = filepath.Base(from)
+	}
+	p := filepath.Join(r.dir, name+"-"+filepath.Base(to)+".payload")
 	args := []string{"payload", "generate", "-q", "--to", to, "-o", p, "--key", r.key + ".key"}
 	if from != "" {
 		args = append(args, "--from", from)
@@ -200,13 +210,35 @@ func (r *bootReleases) apply(payload, disk string) {
 // payloadDisk returns an ext4 image labelled KILNPAYLOAD holding payload
 // as /update.payload, for the guest to apply from a second disk.
 func (r *bootReleases) payloadDisk(payload string) string {
+	return r.scriptDisk(payload, "")
+}
+
+// scriptDisk is payloadDisk with script (when not "") as /script.sh, for
+// the guest to run instead, and the files extra (host paths) under their
+// base names.
+func (r *bootReleases) scriptDisk(payload, script string, extra ...string) string {
 	t := r.t
 	t.Helper()
-	d := filepath.Join(r.dir, "pd-"+filepath.Base(payload))
-	os.MkdirAll(d, 0o755)
+	d, err := os.MkdirTemp(r.dir, "pd-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	mustRun(t, "cp", payload, filepath.Join(d, "update.payload"))
+	if script != "" {
+		os.WriteFile(filepath.Join(d, "script.sh"), []byte(script), 0o755)
+	}
+	for _, f := range extra {
+		mustRun(t, "cp", f, filepath.Join(d, filepath.Base(f)))
+	}
 	img := d + ".img"
-	mustRun(t, "mkfs.ext4", "-q", "-L", "KILNPAYLOAD", "-d", d, img, "64M")
+	var size int64
+	filepath.Walk(d, func(_ string, fi os.FileInfo, _ error) error {
+		if fi != nil {
+			size += fi.Size()
+		}
+		return nil
+	})
+	mustRun(t, "mkfs.ext4", "-q", "-L", "KILNPAYLOAD", "-d", d, img, fmt.Sprintf("%dM", size>>20+32))
 	return img
 }
 
