@@ -17,15 +17,29 @@ var ErrNotDisk = errors.New("layout: not a disk image or block device")
 var ErrLocked = errors.New("layout: the disk is locked by another writer")
 
 // Disk is a disk image or block device that kiln opened. A disk opened for
-// writing holds an exclusive lock (flock(2), the lock udev and systemd
-// honour on block devices) until Close, so two kiln commands never
-// interleave their writes.
+// writing holds exclusive locks until Close: flock(2) on the file or
+// device (the lock udev and systemd honour on block devices), and one on
+// the disk's identity, which every name of the disk shares (an image file
+// and a loop device on it, /dev/vda and /dev/vda4; see lock.go), so two
+// kiln commands never interleave their writes.
 type Disk struct {
 	*os.File
 	// Size is the disk's size in bytes.
 	Size int64
 	// Path is the name the disk was opened by.
 	Path string
+	// lock holds the lock of the disk's identity (see lockDisk) while it
+	// is open for writing.
+	lock *os.File
+}
+
+// Close releases the disk's locks and closes it.
+func (d *Disk) Close() error {
+	if d.lock != nil {
+		d.lock.Close()
+		d.lock = nil
+	}
+	return d.File.Close()
 }
 
 // OpenDisk opens a disk image or block device for reading.
@@ -65,13 +79,17 @@ func openDisk(path string, write bool) (*Disk, error) {
 			}
 			return nil, fmt.Errorf("layout: locking %s: %w", path, err)
 		}
+		if d.lock, err = lockDisk(f, path); err != nil {
+			f.Close()
+			return nil, err
+		}
 	}
 	if d.Size, err = fileSize(f); err != nil {
-		f.Close()
+		d.Close()
 		return nil, fmt.Errorf("layout: %s: %w", path, err)
 	}
 	if d.Size == 0 {
-		f.Close()
+		d.Close()
 		return nil, fmt.Errorf("%w: %s is empty", ErrNotDisk, path)
 	}
 	return d, nil

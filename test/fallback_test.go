@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kiln-os/kiln/layout"
 )
 
 // TestVersionOrderSemVer: releases are ordered by SemVer 2.0.0
@@ -58,4 +60,39 @@ func TestVersionOrderSemVer(t *testing.T) {
 	if r := run(t, kiln, "build", "-q", bad, "-o", filepath.Join(dir, "bad-out")); r.code != 2 || !strings.Contains(r.stderr, "bad.yaml:2: version") || !strings.Contains(r.stderr, "not a SemVer") {
 		t.Errorf("a version that is not SemVer: %+v", r)
 	}
+}
+
+// TestOneLockPerDisk: the write lock covers every name of a disk: while
+// the image file is held (as payload apply holds it), a slot command on a
+// loop device over it is refused and changes nothing; and the other way
+// round. With the lock released they run. (Partition names lead to their
+// disk too: layout's TestDiskIdentity, on a sysfs tree, since loop
+// partitions do not appear on every host.)
+func TestOneLockPerDisk(t *testing.T) {
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.img")
+	os.WriteFile(filepath.Join(dir, "small.yaml"), []byte(smallLayout), 0o644)
+	mustRun(t, kiln, "layout", "init", "--layout", filepath.Join(dir, "small.yaml"), disk)
+	dev := strings.TrimSpace(mustRun(t, "losetup", "--find", "--show", disk))
+	defer run(t, "losetup", "--detach", dev)
+	pristine := mustRun(t, "sha256sum", disk)
+	for _, c := range []struct{ held, other string }{
+		{disk, dev},
+		{dev, disk},
+	} {
+		d, err := layout.OpenDiskForWriting(c.held)
+		if err != nil {
+			t.Fatalf("holding %s: %v", c.held, err)
+		}
+		r := run(t, kiln, "slot", "mark-good", c.other, "USR-A")
+		d.Close()
+		if r.code != 1 || !strings.Contains(r.stderr, "another process") {
+			t.Errorf("mark-good on %s while %s is held: %+v", c.other, c.held, r)
+		}
+		if mustRun(t, "sha256sum", disk) != pristine {
+			t.Fatalf("a refused command on %s changed the disk", c.other)
+		}
+	}
+	mustRun(t, kiln, "slot", "mark-good", dev, "USR-A")
+	mustRun(t, kiln, "slot", "mark-good", disk, "USR-A")
 }
