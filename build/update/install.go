@@ -10,8 +10,6 @@ import (
 	"log/slog"
 	"os"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kiln-os/kiln/build/payload"
 	"github.com/kiln-os/kiln/build/slot"
 	"github.com/kiln-os/kiln/build/verity"
@@ -221,13 +219,16 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 		return nil, fmt.Errorf("%s into %s: %w", o.Payload, target.Label, err)
 	}
 
-	// (5) What reached the device, read past the page cache.
-	if err := dropCache(dev, target.Offset(), target.Size()); err != nil {
+	// (5) What reached the device, read past every page cache.
+	storage, how, closeStorage, err := storageReader(dev, o.Disk, target.Offset(), target.Size())
+	if err != nil {
 		return nil, fmt.Errorf("%s: flushing %s: %w", o.Disk, target.Label, err)
 	}
+	defer closeStorage()
+	o.Log.Info("reading back", "slot", target.Label, "how", how)
 	prog.Start("reading "+target.Label+" back from the device", 2*target.Size())
 	defer prog.End()
-	written := io.NewSectionReader(dev, target.Offset(), target.Size())
+	written := io.NewSectionReader(storage, target.Offset(), target.Size())
 	h := sha256.New()
 	if _, err := io.Copy(h, progress.Reader{R: written, P: prog}); err != nil {
 		return nil, fmt.Errorf("%s: reading %s back: %w", o.Disk, target.Label, err)
@@ -277,14 +278,4 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	}
 	return &InstallResult{Slot: target.Label, Booted: booted.Label, Installed: installed, Version: part.Version, Kind: kind,
 		Operations: res.Ops, Written: res.BytesWritten, SHA256: hex.EncodeToString(part.New.Hash[:]), VerityRoot: hex.EncodeToString(root)}, nil
-}
-
-// dropCache flushes a range of the disk to the device and drops its pages
-// from the page cache, so that the next read comes from the device, not
-// from memory.
-func dropCache(dev device, off, size int64) error {
-	if err := dev.Sync(); err != nil {
-		return err
-	}
-	return unix.Fadvise(int(dev.Fd()), off, size, unix.FADV_DONTNEED)
 }
