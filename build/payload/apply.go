@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 
 	"github.com/kiln-os/kiln/build/payload/bsdiff"
 	um "github.com/kiln-os/kiln/build/payload/updatemetadata"
@@ -73,6 +74,9 @@ func Apply(ctx context.Context, p *Payload, src io.ReaderAt, dst Target, opts Ap
 		if t := OpType(op.GetType()); !t.applicable() {
 			return nil, fmt.Errorf("%w: operation %d is %v", ErrUnsupportedOp, i, t)
 		}
+	}
+	if err := checkOpsCover(part); err != nil {
+		return nil, err
 	}
 	if opts.Verifier == nil && !opts.SkipSignature {
 		return nil, errors.New("payload: apply: no signature verifier (set SkipSignature to apply an unchecked payload)")
@@ -215,6 +219,87 @@ func (a *applier) do(op *um.InstallOperation) error {
 	// shorter than its blocks).
 	return w.zeroRest(a.buf)
 }
+
+// ErrCoverage is returned by Apply for operations that leave blocks of the
+// new partition unwritten (an operation dropped), before anything is
+// written. (Overlapping destinations are refused by Open.)
+var ErrCoverage = errors.New("payload: operations leave blocks of the new partition unwritten")
+
+// checkOpsCover checks that the operations' destinations cover every
+// block of the new partition.
+func checkOpsCover(part *Partition) error {
+	var dsts []Extent
+	for _, op := range part.Ops {
+		dsts = append(dsts, extentsOf(op.DstExtents)...)
+	}
+	if v := part.Verity; v != nil && part.VerityTree == VerityTreeByClient {
+		// The tree's levels, after the superblock block, are computed by
+		// Apply, not written by operations.
+		dsts = append(dsts, Extent{Start: uint64(v.HashOffset)/BlockSize + 1, Blocks: v.TreeBlocks})
+	}
+	sort.Slice(dsts, func(i, j int) bool { return dsts[i].Start < dsts[j].Start })
+	want := uint64(part.New.Size) / BlockSize
+	next := uint64(0)
+	for _, e := range dsts {
+		if e.Start > next {
+			return fmt.Errorf("%w: blocks %d to %d of partition %s", ErrCoverage, next, e.Start-1, part.Name)
+		}
+		next = max(next, e.Start+e.Blocks)
+	}
+	if next < want {
+		return fmt.Errorf("%w: blocks %d to %d of partition %s", ErrCoverage, next, want-1, part.Name)
+	}
+	return nil
+}
+
+// Preview returns bytes [off, off+n) of the partition the payload writes,
+// made in memory by the operations whose destinations meet that range:
+// nothing is written anywhere. src is the old partition, for a delta.
+// Install uses it to read the release record a payload is about to write
+// before the first write. It checks what Apply checks of each operation
+// it runs (data and source hashes); call it after Payload.Verify.
+func Preview(p *Payload, partition string, src io.ReaderAt, off int64, n int) ([]byte, error) {
+	part, err := p.Partition(partition)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || n < 0 || off+int64(n) > part.New.Size {
+		return nil, fmt.Errorf("payload: preview of bytes %d+%d outside the %d-byte partition", off, n, part.New.Size)
+	}
+	c := &capture{off: off, b: make([]byte, n)}
+	a := applier{p: p, src: src, dst: c, buf: make([]byte, 1<<20)}
+	for i, op := range part.Ops {
+		meets := false
+		for _, e := range extentsOf(op.DstExtents) {
+			lo, hi := int64(e.Start)*BlockSize, int64(e.Start+e.Blocks)*BlockSize
+			meets = meets || lo < off+int64(n) && off < hi
+		}
+		if !meets {
+			continue
+		}
+		if err := a.do(op); err != nil {
+			return nil, fmt.Errorf("payload: partition %s operation %d (%v): %w", part.Name, i, OpType(op.GetType()), err)
+		}
+	}
+	return c.b, nil
+}
+
+// capture keeps what is written to its window [off, off+len(b)) and drops
+// the rest.
+type capture struct {
+	off int64
+	b   []byte
+}
+
+func (c *capture) WriteAt(p []byte, at int64) (int, error) {
+	lo, hi := max(at, c.off), min(at+int64(len(p)), c.off+int64(len(c.b)))
+	if lo < hi {
+		copy(c.b[lo-c.off:hi-c.off], p[lo-at:hi-at])
+	}
+	return len(p), nil
+}
+
+func (c *capture) ReadAt(p []byte, at int64) (int, error) { return 0, io.EOF }
 
 // readSource reads an operation's source blocks (the first src_length
 // bytes when set) and checks them against src_sha256_hash.

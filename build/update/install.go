@@ -1,6 +1,7 @@
 package update
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -196,15 +197,21 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 			}
 		}
 	}
-	o.Log.Info("installing", "payload", o.Payload, "version", part.Version, "booted", booted.Label, "how", how, "slot", target.Label)
-
-	// (4) Apply. payload.Apply checks the signatures, the version hook and
-	// (for a delta) the source's hash before its first write; the first
-	// write takes the target out of the boot order.
+	// (4) The release record the payload writes, made in memory before
+	// the first write: it must be there, signed, and say what the
+	// payload's manifest says (version, verity root and geometry).
 	var src io.ReaderAt
 	if part.Old != nil {
 		src = bootedArea
 	}
+	if err := checkWrittenRecord(p, part, src, o.Verifier); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrWrongPayload, o.Payload, err)
+	}
+	o.Log.Info("installing", "payload", o.Payload, "version", part.Version, "booted", booted.Label, "how", how, "slot", target.Label)
+
+	// (5) Apply. payload.Apply checks the signatures, the version hook and
+	// (for a delta) the source's hash before its first write; the first
+	// write takes the target out of the boot order.
 	dst := &slotTarget{f: dev, off: target.Offset(), size: target.Size(), prog: prog, beforeFirstWrite: func() error {
 		if target.Slot() == (layout.SlotState{}) && t.Copies.Err() == nil {
 			return nil
@@ -219,7 +226,7 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 		return nil, fmt.Errorf("%s into %s: %w", o.Payload, target.Label, err)
 	}
 
-	// (5) What reached the device, read past every page cache.
+	// (6) What reached the device, read past every page cache.
 	storage, how, closeStorage, err := storageReader(dev, o.Disk, target.Offset(), target.Size())
 	if err != nil {
 		return nil, fmt.Errorf("%s: flushing %s: %w", o.Disk, target.Label, err)
@@ -258,7 +265,7 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	}
 	prog.Add(target.Size())
 
-	// (6) Boot next, on trial; no other slot changes.
+	// (7) Boot next, on trial; no other slot changes.
 	t, err = d.ReadTable()
 	if err != nil {
 		return nil, err
@@ -278,4 +285,42 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	}
 	return &InstallResult{Slot: target.Label, Booted: booted.Label, Installed: installed, Version: part.Version, Kind: kind,
 		Operations: res.Ops, Written: res.BytesWritten, SHA256: hex.EncodeToString(part.New.Hash[:]), VerityRoot: hex.EncodeToString(root)}, nil
+}
+
+// checkWrittenRecord makes, in memory, the verity superblock block the
+// payload writes into the slot (the superblock and the release record
+// beside it, see slot.Record) and checks it against the payload's
+// manifest: a record there, signed by v, of the payload's version and
+// verity root, describing the superblock beside it.
+func checkWrittenRecord(p *payload.Payload, part *payload.Partition, src io.ReaderAt, v sign.Verifier) error {
+	pv := part.Verity
+	block, err := payload.Preview(p, part.Name, src, pv.HashOffset, slot.BlockSize)
+	if err != nil {
+		return err
+	}
+	sb, err := verity.ReadSuperblock(bytes.NewReader(block), 0)
+	if err != nil {
+		return fmt.Errorf("the verity superblock it writes at byte %d: %w", pv.HashOffset, err)
+	}
+	rec, err := slot.Decode(block[slot.RecordOffset:])
+	if err != nil {
+		return fmt.Errorf("the release record it writes at byte %d: %w", pv.HashOffset+slot.RecordOffset, err)
+	}
+	if err := rec.Verify(v); err != nil {
+		return fmt.Errorf("the release record it writes: %w", err)
+	}
+	r := rec.Record
+	root, _ := r.Verity.Root()
+	switch {
+	case r.Version != part.Version:
+		return fmt.Errorf("the release record it writes says %s, its manifest %s", r.Version, part.Version)
+	case !bytes.Equal(root, pv.RootHash):
+		return fmt.Errorf("the release record it writes has verity root %x, its manifest %x", root, pv.RootHash)
+	case r.Verity.HashOffset != pv.HashOffset || r.Verity.DataBlocks != pv.DataBlocks || sb.DataBlocks != pv.DataBlocks:
+		return fmt.Errorf("the release record it writes describes %d blocks with the superblock at byte %d (the superblock %d blocks), its manifest %d at byte %d",
+			r.Verity.DataBlocks, r.Verity.HashOffset, sb.DataBlocks, pv.DataBlocks, pv.HashOffset)
+	case r.Verity.Salt != hex.EncodeToString(sb.Salt):
+		return fmt.Errorf("the release record it writes has salt %.16s, the superblock %x", r.Verity.Salt, sb.Salt)
+	}
+	return nil
 }
