@@ -1,10 +1,14 @@
 package test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kiln-os/kiln/layout"
 )
@@ -95,4 +99,79 @@ func TestOneLockPerDisk(t *testing.T) {
 	}
 	mustRun(t, kiln, "slot", "mark-good", dev, "USR-A")
 	mustRun(t, kiln, "slot", "mark-good", disk, "USR-A")
+}
+
+// TestApplyMessagesSayWhatHappened: apply's messages say what happened to
+// the disk. A delta refused for its source bytes (found before the first
+// write) never prints a writing stage "done", and says the disk is
+// unchanged — as it is. SIGINT at moments from before the first write to
+// the end: the message agrees with the disk each time (unchanged, or
+// USR-B holding part of the release out of the boot order).
+func TestApplyMessagesSayWhatHappened(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
+	rel := releases(t, dir, key, "1.0.0", "2.0.0")
+	os.MkdirAll(filepath.Join(dir, "other"), 0o755)
+	other := releases(t, filepath.Join(dir, "other"), key, "0.9.0", "1.0.0")["1.0.0"] // 1.0.0 of other bytes
+	delta := filepath.Join(dir, "delta.payload")
+	mustRun(t, kiln, "payload", "generate", "--from", rel["1.0.0"], "--to", rel["2.0.0"], "-o", delta, "--key", key+".key")
+
+	disk := filepath.Join(dir, "disk.img")
+	copyFile(t, filepath.Join(other, "disk.img"), disk)
+	before := mustRun(t, "sha256sum", disk)
+	r := run(t, kiln, "payload", "apply", delta, "--disk", disk, "--key", key+".pub")
+	if r.code != 1 || strings.Contains(r.stderr, "writing USR-B: done") || !strings.Contains(r.stderr, "the disk is unchanged") {
+		t.Errorf("a delta refused for its source: %+v", r)
+	}
+	if mustRun(t, "sha256sum", disk) != before {
+		t.Error("the refused delta changed the disk")
+	}
+
+	full := filepath.Join(dir, "full.payload")
+	mustRun(t, kiln, "payload", "generate", "--to", rel["2.0.0"], "-o", full, "--key", key+".key")
+	pristine := filepath.Join(dir, "pristine.img")
+	copyFile(t, filepath.Join(rel["1.0.0"], "disk.img"), pristine)
+	slotB := sfdisk(t, pristine).PartitionTable.Partitions[3]
+	usrB := func(disk string) string {
+		return mustRun(t, "sh", "-c", fmt.Sprintf("dd if=%s bs=512 skip=%d count=%d status=none | sha256sum", disk, slotB.Start, slotB.Size))
+	}
+	emptyB := usrB(pristine)
+	seen := map[string]int{}
+	for i := 0; i < 12; i++ {
+		copyFile(t, pristine, disk)
+		cmd := exec.Command(kiln, "payload", "apply", full, "--disk", disk, "--key", key+".pub")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(i*40) * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		code := cmd.ProcessState.ExitCode()
+		msg := stderr.String()
+		switch {
+		case code == 0:
+			seen["finished"]++
+		case code == -1 && usrB(disk) == emptyB:
+			seen["killed before kiln took the signal"]++
+		case code != 130:
+			t.Errorf("SIGINT after %d ms: exit %d\n%s", i*40, code, msg)
+		case usrB(disk) == emptyB:
+			seen["unchanged"]++
+			if !strings.Contains(msg, "the disk is unchanged") {
+				t.Errorf("SIGINT after %d ms, USR-B untouched, the message says otherwise:\n%s", i*40, msg)
+			}
+		default:
+			seen["partial"]++
+			if !strings.Contains(msg, "USR-B holds part of 2.0.0 and is out of the boot order") && !strings.Contains(msg, "USR-B stays out of the boot order") {
+				t.Errorf("SIGINT after %d ms, USR-B written, the message does not say so:\n%s", i*40, msg)
+			}
+			if got := cgptSlot(t, disk, 4); got[0] != 0 {
+				t.Errorf("SIGINT after %d ms: USR-B half-written but in the boot order: %v", i*40, got)
+			}
+		}
+	}
+	t.Logf("SIGINT outcomes: %v", seen)
 }

@@ -93,7 +93,27 @@ type device interface {
 	Fd() uintptr
 }
 
-func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) (*InstallResult, error) {
+func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) (_ *InstallResult, err error) {
+	// What a failure left on the disk, said with the error: nothing, until
+	// the first write; then the passive slot, out of the boot order,
+	// holding part of the release (or all of it, when the read-back
+	// failed).
+	var st struct {
+		target, booted, version string
+		began, wrote            bool
+	}
+	defer func() {
+		switch {
+		case err == nil:
+		case !st.began:
+			err = fmt.Errorf("%w; the disk is unchanged", err)
+		case !st.wrote:
+			err = fmt.Errorf("%w; %s holds part of %s and is out of the boot order (%s still boots): run apply again to finish it",
+				err, st.target, st.version, st.booted)
+		default:
+			err = fmt.Errorf("%w; %s stays out of the boot order (%s still boots)", err, st.target, st.booted)
+		}
+	}()
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -219,12 +239,16 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 		slot.MarkUnbootable(target)
 		return layout.UpdateAttributes(dev, d.Size, o.Disk, t)
 	}}
+	st.target, st.booted, st.version = target.Label, booted.Label, part.Version
 	prog.Start("writing "+target.Label, target.Size())
 	res, err := payload.Apply(ctx, p, src, dst, payload.ApplyOptions{Verifier: Verifier{o.Verifier}})
-	prog.End()
+	st.began = dst.started
 	if err != nil {
+		progress.Fail(prog)
 		return nil, fmt.Errorf("%s into %s: %w", o.Payload, target.Label, err)
 	}
+	st.wrote = true
+	prog.End()
 
 	// (6) What reached the device, read past every page cache.
 	storage, how, closeStorage, err := storageReader(dev, o.Disk, target.Offset(), target.Size())

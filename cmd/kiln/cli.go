@@ -95,7 +95,7 @@ func Run(ctx context.Context, env Env) int {
 	code := exitCode(err)
 	var intr *Interrupted
 	if errors.As(context.Cause(ctx), &intr) {
-		err = fmt.Errorf("%w; stopped, nothing half-written left behind", intr)
+		err = fmt.Errorf("%w; stopped: %v", intr, err)
 		code = intr.ExitCode()
 	}
 	if g.json {

@@ -50,6 +50,15 @@ func (p *lineProgress) End() {
 	}
 }
 
+// Fail says the stage stopped, and how far it got.
+func (p *lineProgress) Fail() {
+	if n := p.done.Load(); n > 0 {
+		fmt.Fprintf(p.w, "kiln: %s: stopped after %s\n", p.stage, layout.HumanSize(n))
+	} else {
+		fmt.Fprintf(p.w, "kiln: %s: stopped before it began\n", p.stage)
+	}
+}
+
 // barProgress redraws one line with the stage, a bar and the bytes done,
 // at most ten times a second.
 type barProgress struct {
@@ -78,6 +87,12 @@ func (p *barProgress) Add(n int64) {
 func (p *barProgress) End() {
 	p.draw(true)
 	fmt.Fprintln(p.w)
+}
+
+// Fail ends the bar's line with what was done and says it stopped.
+func (p *barProgress) Fail() {
+	p.draw(true)
+	fmt.Fprintln(p.w, " stopped")
 }
 
 func (p *barProgress) draw(force bool) {

@@ -17,6 +17,22 @@ type Reporter interface {
 	End()
 }
 
+// Failer is a Reporter that can end a stage that did not finish.
+type Failer interface {
+	// Fail ends the current stage, which stopped before its end.
+	Fail()
+}
+
+// Fail ends r's current stage as stopped: with Fail when r has it, else
+// with End.
+func Fail(r Reporter) {
+	if f, ok := r.(Failer); ok {
+		f.Fail()
+		return
+	}
+	r.End()
+}
+
 // None discards progress reports.
 type None struct{}
 
