@@ -175,3 +175,35 @@ func TestApplyMessagesSayWhatHappened(t *testing.T) {
 	}
 	t.Logf("SIGINT outcomes: %v", seen)
 }
+
+// TestBlankDisk: a disk fresh from layout init holds no release: slot
+// status calls both slots empty and none booted (though the layout marks
+// USR-A good), and a full payload installs onto it with no override; a
+// delta, which needs a source, is refused with the disk unchanged.
+func TestBlankDisk(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
+	rel := releases(t, dir, key, "1.0.0", "2.0.0")
+	disk := filepath.Join(dir, "blank.img")
+	mustRun(t, kiln, "layout", "init", "--layout", filepath.Join(dir, "small.yaml"), disk)
+	out := mustRun(t, kiln, "slot", "status", disk)
+	if !strings.Contains(out, "booted: none: no slot holds a release yet") || strings.Count(out, "empty") < 2 {
+		t.Errorf("slot status of a blank disk:\n%s", out)
+	}
+	delta := filepath.Join(dir, "delta.payload")
+	mustRun(t, kiln, "payload", "generate", "--from", rel["1.0.0"], "--to", rel["2.0.0"], "-o", delta, "--key", key+".key")
+	before := mustRun(t, "sha256sum", disk)
+	if r := run(t, kiln, "payload", "apply", "-q", delta, "--disk", disk, "--key", key+".pub"); r.code != 1 || !strings.Contains(r.stderr, "holds no release") || !strings.Contains(r.stderr, "the disk is unchanged") {
+		t.Errorf("a delta onto a blank disk: %+v", r)
+	}
+	if mustRun(t, "sha256sum", disk) != before {
+		t.Error("a refused delta changed the blank disk")
+	}
+	full := filepath.Join(dir, "full.payload")
+	mustRun(t, kiln, "payload", "generate", "--to", rel["2.0.0"], "-o", full, "--key", key+".key")
+	mustRun(t, kiln, "payload", "apply", "-q", full, "--disk", disk, "--key", key+".pub")
+	if st := statusOf(t, disk, "--key", key+".pub"); st.Next != "USR-B" || st.Slots[1].Version != "2.0.0" || st.Slots[1].Record != "verified" {
+		t.Errorf("after a full payload onto a blank disk: %+v", st)
+	}
+}

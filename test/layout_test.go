@@ -165,6 +165,21 @@ partitions:
 	mustRun(t, kiln, "layout", "init", "--seed", "s", b)
 	mustRun(t, "cmp", "-n", "17408", a, b)
 	mustRun(t, "cmp", "-i", strconv.Itoa(9289728*512-33*512), a, b)
+	// Without --seed, fresh GUIDs: two disks differ in the disk GUID and
+	// in every partition GUID the layout does not fix (USR-A and USR-B
+	// keep Container Linux's).
+	a, b = filepath.Join(dir, "ra.img"), filepath.Join(dir, "rb.img")
+	mustRun(t, kiln, "layout", "init", "--layout", small, a)
+	mustRun(t, kiln, "layout", "init", "--layout", small, b)
+	sa, sb := sfdisk(t, a).PartitionTable, sfdisk(t, b).PartitionTable
+	if sa.ID == sb.ID {
+		t.Errorf("two disks made without --seed share the disk GUID %s", sa.ID)
+	}
+	for i := range sa.Partitions {
+		if sa.Partitions[i].Name != "USR-A" && sa.Partitions[i].Name != "USR-B" && sa.Partitions[i].UUID == sb.Partitions[i].UUID {
+			t.Errorf("two disks made without --seed share %s's GUID %s", sa.Partitions[i].Name, sa.Partitions[i].UUID)
+		}
+	}
 }
 
 func TestFlatcarLayout(t *testing.T) {
@@ -283,21 +298,43 @@ func (s slotStatus) roles(label string) string {
 	return "(no slot " + label + ")"
 }
 
+// gptBytes returns the primary and backup GPT of disk (its first 34 and
+// last 33 sectors), to tell whether a command wrote the table.
+func gptBytes(t *testing.T, disk string) string {
+	t.Helper()
+	b, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b[:34*512]) + string(b[len(b)-33*512:])
+}
+
 // TestSlotLifecycle walks the slot bits through an update as GRUB's
 // gptprio leaves them (cgpt plays GRUB): mark-good marks the slot that was
 // booted on trial, not the one that boots next.
 func TestSlotLifecycle(t *testing.T) {
-	disk := filepath.Join(t.TempDir(), "disk.img")
-	mustRun(t, kiln, "layout", "init", disk)
-	fresh := mustRun(t, "sha256sum", disk)
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	mustRun(t, kiln, "keygen", "--type", "rsa-2048", "-o", key)
+	rel := releases(t, dir, key, "1.0.0", "2.0.0")
+	disk := filepath.Join(dir, "disk.img")
+	copyFile(t, filepath.Join(rel["1.0.0"], "disk.img"), disk)
+	fresh := gptBytes(t, disk)
 	if r := run(t, kiln, "slot", "rollback", disk); r.code != 0 || !strings.Contains(r.stdout, "nothing changed: USR-A boots next already") {
 		t.Errorf("rollback with nothing to roll back to: %+v", r)
 	}
-	if again := mustRun(t, "sha256sum", disk); again != fresh {
+	if gptBytes(t, disk) != fresh {
 		t.Error("a rollback that had nothing to do wrote the disk")
 	}
+	// USR-B gets release 2.0.0, written as apply writes it, then bits
+	// as an update leaves them: on trial, not yet tried.
+	full := filepath.Join(dir, "full2.payload")
+	mustRun(t, kiln, "payload", "generate", "-q", "--to", rel["2.0.0"], "-o", full, "--key", key+".key")
+	mustRun(t, kiln, "payload", "apply", "-q", full, "--disk", disk, "--key", key+".pub")
 	// An update is installed into USR-B: on trial, not yet tried.
-	mustRun(t, "cgpt", "add", "-i", "4", "-P", "2", "-T", "1", "-S", "0", disk)
+	if got := cgptSlot(t, disk, 4); got != [3]int{2, 1, 0} {
+		t.Fatalf("after apply USR-B %v, want [2 1 0]", got)
+	}
 	st := statusOf(t, disk)
 	if st.Next != "USR-B" || st.Booted != "USR-A" || st.roles("USR-B") != "next on-trial" || st.roles("USR-A") != "booted fallback" {
 		t.Fatalf("before the trial boot: %+v", st)
@@ -333,11 +370,11 @@ func TestSlotLifecycle(t *testing.T) {
 		t.Errorf("after rollback cgpt shows USR-A %v, want [3 0 1]", got)
 	}
 	// Again: the same state, nothing written.
-	before := mustRun(t, "sha256sum", disk)
+	before := gptBytes(t, disk)
 	if out := mustRun(t, kiln, "slot", "rollback", disk, "USR-B"); !strings.Contains(out, "nothing changed") {
 		t.Errorf("second rollback:\n%s", out)
 	}
-	if mustRun(t, "sha256sum", disk) != before {
+	if gptBytes(t, disk) != before {
 		t.Error("a second rollback changed the disk")
 	}
 	sgdiskClean(t, disk)
@@ -347,8 +384,8 @@ func TestSlotLifecycle(t *testing.T) {
 	if got := cgptSlot(t, disk, 4); got != [3]int{0, 0, 0} {
 		t.Errorf("after abandoning the trial USR-B %v, want [0 0 0]", got)
 	}
-	before = mustRun(t, "sha256sum", disk)
-	if out := mustRun(t, kiln, "slot", "rollback", disk); !strings.Contains(out, "nothing changed") || mustRun(t, "sha256sum", disk) != before {
+	before = gptBytes(t, disk)
+	if out := mustRun(t, kiln, "slot", "rollback", disk); !strings.Contains(out, "nothing changed") || gptBytes(t, disk) != before {
 		t.Errorf("rollback run again after abandoning the trial changed the disk:\n%s", out)
 	}
 	if st := statusOf(t, disk); st.Next != "USR-A" || st.Booted != "USR-A" {

@@ -65,6 +65,10 @@ type Info struct {
 	// BelowFloor is set when the release is below the version floor: the
 	// boot path refuses it.
 	BelowFloor bool `json:"below_floor,omitempty"`
+	// Empty is set when the slot holds no release (no filesystem with a
+	// verity tree and record): a blank disk's slots, or a slot never
+	// written.
+	Empty bool `json:"empty,omitempty"`
 }
 
 // Status is the A/B state of a disk.
@@ -102,7 +106,7 @@ func ReadStatus(r io.ReaderAt, t *layout.Table, b Booted, v sign.Verifier) *Stat
 		rec, err := Read(io.NewSectionReader(r, e.Offset(), e.Size()), e.Size())
 		switch {
 		case errors.Is(err, ErrNoVerity) || errors.Is(err, ErrNoRecord):
-			in.Record = "none"
+			in.Record, in.Empty = "none", true
 		case err != nil:
 			in.Record = "INVALID: " + err.Error()
 		default:
@@ -124,6 +128,15 @@ func ReadStatus(r io.ReaderAt, t *layout.Table, b Booted, v sign.Verifier) *Stat
 			}
 		}
 		s.Slots = append(s.Slots, in)
+	}
+	// An empty slot is not what booted, whatever its bits say (a blank
+	// disk's layout marks USR-A good): only the running system can say it
+	// booted from one.
+	for i := range s.Slots {
+		if in := &s.Slots[i]; in.Empty && in.Booted && !b.Running {
+			in.Booted = false
+			s.Booted, s.BootedHow = "", "no slot holds a release yet"
+		}
 	}
 	if f, err := DiskFloor(t, declared); err == nil && f.Version != "" {
 		s.Floor, s.FloorFrom = f.Version, f.From

@@ -201,12 +201,20 @@ func install(ctx context.Context, o InstallOptions, dev device, d *layout.Disk) 
 	if err == nil {
 		err = rec.Verify(o.Verifier)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, slot.ErrNoVerity) || errors.Is(err, slot.ErrNoRecord):
+		// A blank disk (or a booted slot never written): no release is
+		// installed, so none can be newer.
+		if part.Old != nil {
+			return nil, fmt.Errorf("%w: %s is a delta from %s, but the booted slot %s holds no release", ErrWrongPayload, o.Payload, part.OldVersion, booted.Label)
+		}
+		o.Log.Info("the booted slot holds no release: a full payload onto a blank disk", "slot", booted.Label)
+	case err != nil:
 		if !o.AllowDowngrade {
 			return nil, fmt.Errorf("%w: cannot tell the installed version: booted slot %s: %v (pass --allow-downgrade to install anyway)", ErrDowngrade, booted.Label, err)
 		}
 		o.Log.Warn("the booted slot has no valid signed release record", "slot", booted.Label, "error", err)
-	} else {
+	default:
 		installed = rec.Record.Version
 		if part.OldVersion != "" && part.OldVersion != installed {
 			return nil, fmt.Errorf("%w: %s is a delta from %s, but the booted slot %s holds %s", ErrWrongPayload, o.Payload, part.OldVersion, booted.Label, installed)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -53,6 +55,14 @@ func newLayoutInitCommand(g *globals) *cobra.Command {
 			if exists && st.IsDir() {
 				return usageError(fmt.Errorf("%s is a directory", path))
 			}
+			if seed == "" {
+				// Fresh GUIDs: two disks never share them by accident.
+				var b [16]byte
+				if _, err := rand.Read(b[:]); err != nil {
+					return err
+				}
+				seed = hex.EncodeToString(b[:])
+			}
 			var t *layout.Table
 			if exists && st.Mode()&os.ModeDevice != 0 {
 				// A block device: its own size, the table written in place,
@@ -88,7 +98,7 @@ func newLayoutInitCommand(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVar(&name, "layout", "coreos", "built-in layout name or layout file")
 	c.Flags().StringVar(&size, "size", "", "disk size (e.g. 6GiB); default: the layout's own size")
-	c.Flags().StringVar(&seed, "seed", "kiln", "seed for the disk and partition GUIDs (same seed, same bytes)")
+	c.Flags().StringVar(&seed, "seed", "", "seed for the disk and partition GUIDs (same seed, same bytes); default: fresh random GUIDs")
 	c.Flags().BoolVar(&force, "force", false, "replace an existing file, or write a new table onto an existing block device")
 	return c
 }

@@ -51,7 +51,8 @@ func printSlotStatus(g *globals, s *slot.Status) {
 			on   bool
 			name string
 		}{{sl.Booted, "booted"}, {sl.Next, "next"}, {sl.OnTrial, "on trial"}, {sl.TrialFailed, "trial failed"}, {sl.Fallback, "fallback"},
-			{sl.Unconfirmed > 0, fmt.Sprintf("%d boot(s) not confirmed by mark-good", sl.Unconfirmed)}, {sl.BelowFloor, "below the version floor"}} {
+			{sl.Unconfirmed > 0, fmt.Sprintf("%d boot(s) not confirmed by mark-good", sl.Unconfirmed)}, {sl.BelowFloor, "below the version floor"},
+			{sl.Empty, "empty"}} {
 			if r.on {
 				roles = append(roles, r.name)
 			}
