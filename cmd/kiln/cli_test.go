@@ -33,7 +33,7 @@ func TestInProcessInitShowStatus(t *testing.T) {
 		t.Fatalf("show: %+v", show)
 	}
 	out, _, code = runKiln("slot", "status", disk)
-	if code != 0 || !regexp.MustCompile(`USR-A +3 +1 +0 +true +- +none +booted, next\n`).MatchString(out) {
+	if code != 0 || !regexp.MustCompile(`USR-A +3 +1 +0 +true +- +none +next, empty\n`).MatchString(out) || !strings.Contains(out, "booted: none: no slot holds a release yet") {
 		t.Fatalf("status: %d %s", code, out)
 	}
 }
