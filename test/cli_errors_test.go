@@ -37,7 +37,7 @@ func TestExitCodesAndMessages(t *testing.T) {
 	adir := filepath.Join(dir, "adir")
 	os.Mkdir(adir, 0o755)
 	badPayload := w("bad.payload", strings.Repeat("not a payload ", 400))
-	mustRun(t, kiln, "keygen", "-o", filepath.Join(dir, "ec"))
+	mustRun(t, kiln, "keygen", "--type", "ecdsa-p256", "-o", filepath.Join(dir, "ec"))
 	mustRun(t, kiln, "keygen", "--type", "rsa-3072", "-o", filepath.Join(dir, "rsa"))
 	ecPub := filepath.Join(dir, "ec.pub")
 	out := func(name string) string { return filepath.Join(dir, "out-"+name) }

@@ -93,7 +93,7 @@ func newKeygenCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&typ, "type", sign.ECDSAP256.String(), "key type: "+strings.Join(names, ", "))
+	c.Flags().StringVar(&typ, "type", sign.RSA2048.String(), "key type: "+strings.Join(names, ", ")+"; rsa-2048, the default, is what update_engine's payload clients and UEFI firmware verify, so one key signs releases, payloads and Secure Boot binaries")
 	c.Flags().StringVarP(&out, "output", "o", "", "write NAME.key and NAME.pub")
 	return c
 }

@@ -169,7 +169,7 @@ func TestSignEncryptedKey(t *testing.T) {
 		t.Fatalf("keygen: %d %s", code, e)
 	}
 	var res map[string]any
-	if err := json.Unmarshal([]byte(out), &res); err != nil || res["encrypted"] != true || res["type"] != "ecdsa-p256" {
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res["encrypted"] != true || res["type"] != "rsa-2048" {
 		t.Fatalf("keygen --json: %v %q", err, out)
 	}
 	keyPEM, _ := os.ReadFile(name + ".key")
