@@ -20,14 +20,23 @@ import (
 // and every time later than it is clamped to it, whatever the source, so
 // a checkout's fresh file times never reach the image.
 func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *source.Spool, epoch time.Time, log *slog.Logger) (*tree.Tree, *manifest.Source, error) {
-	fail := func(err error) error { return fmt.Errorf("%s: %w", p.Label, err) }
+	// Errors name the recipe's file, line and key: the source or file the
+	// recipe names is at fault (exit 2), whatever went wrong reading it.
+	key := "partitions." + p.Label
+	failSource := func(err error) error {
+		line := p.sourceLine
+		if line == 0 {
+			line = p.line
+		}
+		return &RecipeError{File: r.Path, Line: line, Key: key + ".source", Err: err}
+	}
 	t := tree.New(epoch)
 	var src *manifest.Source
 	if p.Source != "" {
 		kind, rest, _ := strings.Cut(p.Source, ":")
 		budget, err := spoolBudget(r, p)
 		if err != nil {
-			return nil, nil, fail(err)
+			return nil, nil, failSource(err)
 		}
 		switch kind {
 		case "dir":
@@ -48,7 +57,7 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 			}
 		}
 		if err != nil {
-			return nil, nil, fail(fmt.Errorf("source %s: %w", p.Source, err))
+			return nil, nil, failSource(fmt.Errorf("%s: %w", p.Source, err))
 		}
 		if src == nil {
 			src = &manifest.Source{Partition: p.Label, Ref: p.Source}
@@ -56,7 +65,7 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 		if p.Subdir != "" && p.Subdir != "/" {
 			sub, err := t.Sub(p.Subdir)
 			if err != nil {
-				return nil, nil, fail(fmt.Errorf("subdir %s of %s: %w", p.Subdir, p.Source, err))
+				return nil, nil, &RecipeError{File: r.Path, Line: p.line, Key: key + ".subdir", Err: fmt.Errorf("%s of %s: %w", p.Subdir, p.Source, err)}
 			}
 			t = sub
 		}
@@ -67,14 +76,14 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 			host := r.resolve(f.From)
 			st, err := statRegular(host)
 			if err != nil {
-				return nil, nil, fail(fmt.Errorf("file %s: from %s: %w", f.Path, f.From, err))
+				return nil, nil, &RecipeError{File: r.Path, Line: f.line, Key: key + ".files", Err: fmt.Errorf("%s: from %s: %w", f.Path, f.From, err)}
 			}
 			n.Size, n.Content = st, tree.HostFile(host)
 		} else {
 			n.Size, n.Content = int64(len(f.Content)), tree.Bytes(f.Content)
 		}
 		if err := t.Put(f.Path, n); err != nil {
-			return nil, nil, fail(fmt.Errorf("file %s: %w", f.Path, err))
+			return nil, nil, &RecipeError{File: r.Path, Line: f.line, Key: key + ".files", Err: fmt.Errorf("%s: %w", f.Path, err)}
 		}
 	}
 	t.ClampTimes(epoch)

@@ -91,7 +91,7 @@ type PartitionSpec struct {
 	// FSLabel is the filesystem label (default: the partition label).
 	FSLabel string
 
-	line int
+	line, sourceLine int
 }
 
 // FileSpec is one file a recipe places in a partition.
@@ -283,7 +283,7 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 			yp = &yamlPartition{}
 		}
 		p := &PartitionSpec{Label: label, Filesystem: yp.Filesystem, Source: yp.Source, Subdir: yp.Subdir,
-			Compression: yp.Compression, Level: yp.Level, FSLabel: yp.Label, line: line}
+			Compression: yp.Compression, Level: yp.Level, FSLabel: yp.Label, line: line, sourceLine: lines[key+".source"]}
 		if p.Filesystem == "" {
 			p.Filesystem = lp.Filesystem
 		}

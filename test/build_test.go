@@ -340,7 +340,7 @@ func TestBuildFailuresLeaveNothing(t *testing.T) {
 	out := filepath.Join(dir, "out")
 	// A source that does not exist: exit 2 (bad input), no output directory.
 	r := kilnEnv(t, nil, "build", usrRecipe(t, dir, "dir:does-not-exist", "ext4"), "-o", out)
-	if r.code != 2 || !strings.Contains(r.stderr, "USR-A: source dir:does-not-exist") {
+	if r.code != 2 || !strings.Contains(r.stderr, "partitions.USR-A.source: dir:does-not-exist") {
 		t.Errorf("missing source: %+v", r)
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {

@@ -48,7 +48,13 @@ func TestExitCodesAndMessages(t *testing.T) {
 		code int
 		want string
 	}{
-		{"missing dir: source", []string{"build", recipe("r1.yaml", "  USR-A: {source: \"dir:nosuch\"}\n"), "-o", out("1")}, 2, "USR-A: source dir:nosuch"},
+		{"missing dir: source", []string{"build", recipe("r1.yaml", "  USR-A: {source: \"dir:nosuch\"}\n"), "-o", out("1")}, 2, "r1.yaml:5: partitions.USR-A.source: dir:nosuch"},
+		{"dir: source that is a file", []string{"build", recipe("r7.yaml", "  USR-A:\n    source: \"dir:r1.yaml\"\n"), "-o", out("7")}, 2, "r7.yaml:6: partitions.USR-A.source: dir:r1.yaml"},
+		{"tar: source that is not a tarball", []string{"build", recipe("r8.yaml", "  USR-A:\n    source: \"tar:r1.yaml\"\n"), "-o", out("8")}, 2, "r8.yaml:6: partitions.USR-A.source: tar:r1.yaml"},
+		{"-o naming a file", []string{"build", recipe("r9.yaml", "  OEM: {}\n"), "-o", w("afile", "x")}, 2, "afile"},
+		{"slot mark-good of a slot the disk lacks", []string{"slot", "mark-good", disk, "USR-C"}, 2, `no such partition: "USR-C"`},
+		{"payload generate -o into a missing directory", []string{"payload", "generate", "--to", dir, "-o", filepath.Join(dir, "no-such-dir", "x.payload"), "--key", filepath.Join(dir, "rsa.key")}, 2, "no-such-dir: stat"},
+		{"verify --manifest missing", []string{"verify", disk, "--manifest", filepath.Join(dir, "missing.json"), "--key", ecPub}, 2, "missing.json: no such file"},
 		{"missing from: file", []string{"build", recipe("r2.yaml", "  OEM:\n    files: [{path: /x, from: nosuch.txt}]\n"), "-o", out("2")}, 2, "from nosuch.txt"},
 		{"path escaping the partition", []string{"build", recipe("r3.yaml", "  OEM:\n    files: [{path: /../../escape, content: x}]\n"), "-o", out("3")}, 2, `path escapes the root or is malformed: "/../../escape"`},
 		{"recipe type error names the key", []string{"build", w("r4.yaml", "name: t\nversion: [1]\npartitions: {}\n"), "-o", out("4")}, 2, "r4.yaml:2: version: want a string, got a list"},

@@ -416,6 +416,12 @@ func TestRegistryCredentialsAndTLS(t *testing.T) {
 	plainRef := plain.host + "/kiln/small:1.0.0"
 	expectFailure(t, env, 1, []string{"plain HTTP", "--insecure"}, "pull", plainRef, "-o", filepath.Join(dir, "plain"))
 	absent(t, filepath.Join(dir, "plain"))
+	// A push there fails before any layer is hashed: the registry is asked
+	// first (no message about a blob).
+	r := run(t, "env", append(append([]string{}, env...), kiln, "push", out, plainRef)...)
+	if r.code != 1 || !strings.Contains(r.stderr, "plain HTTP") || strings.Contains(r.stderr, "blob") {
+		t.Errorf("push to a plain-HTTP registry without --insecure: %+v", r)
+	}
 	pulled := filepath.Join(dir, "insecure")
 	mustRun(t, "env", append(append([]string{}, env...), kiln, "pull", plainRef, "-o", pulled, "--insecure", "--key", key+".pub")...)
 	sameDir(t, out, pulled)

@@ -282,6 +282,11 @@ func (c *client) pushArtifact(ctx context.Context, artifactType string, layers [
 func (c *client) pushManifest(ctx context.Context, m ocispec.Manifest, config *layer, layers []*layer) (*Pushed, ocispec.Descriptor, error) {
 	name := c.ref.String()
 	res := &Pushed{Reference: name, MediaType: m.MediaType, ArtifactType: m.ArtifactType}
+	// Before hashing and compressing the layers (seconds to minutes): the
+	// registry answers, in the scheme and with the trust asked for.
+	if err := c.ping(ctx); err != nil {
+		return nil, ocispec.Descriptor{}, done(ctx, fmt.Errorf("%s: %w", name, err))
+	}
 	for _, l := range append([]*layer{config}, layers...) {
 		if err := l.describe(ctx); err != nil {
 			return nil, ocispec.Descriptor{}, done(ctx, classify(ErrInput, err))

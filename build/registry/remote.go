@@ -163,6 +163,18 @@ func (r *Remote) connect(ref registry.Reference) (*client, error) {
 	return &client{repo: repo, ref: ref, authFiles: files, remote: r}, nil
 }
 
+// ping asks the registry for its API root (GET /v2/), as a client does
+// first, so that a wrong scheme, an untrusted certificate or refused
+// credentials show before any work.
+func (c *client) ping(ctx context.Context) error {
+	reg, err := remote.NewRegistry(c.ref.Registry)
+	if err != nil {
+		return inputErrorf("registry %s: %w", c.ref.Registry, err)
+	}
+	reg.Client, reg.PlainHTTP = c.repo.Client, c.repo.PlainHTTP
+	return c.explain(reg.Ping(ctx))
+}
+
 // explain turns a transport or registry error into one that says what to
 // do: plain HTTP without PlainHTTP, an unknown certificate authority,
 // refused credentials.

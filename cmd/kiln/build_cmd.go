@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -46,6 +47,9 @@ func newBuildCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
 				return usageError(fmt.Errorf("build: -o OUTDIR is required"))
+			}
+			if err := checkOutDir(out); err != nil {
+				return usageError(fmt.Errorf("build: -o %s: %w", out, err))
 			}
 			epoch, err := sourceDateEpoch()
 			if err != nil {
@@ -140,4 +144,39 @@ func newBuildCommand(g *globals) *cobra.Command {
 	c.Flags().StringVar(&sbCert, "sb-cert", "", "the X.509 certificate of --sb-key (PEM or DER), as enrolled in the firmware's db")
 	c.Flags().StringVar(&key, "sign", "", "sign manifest.json and the USR slot's release record with this key (PEM file, env://VAR or KMS URI); payload apply installs only signed releases")
 	return c
+}
+
+// checkOutDir raises before any work what would stop a build at its end:
+// OUTDIR must be a directory kiln can create files in, or not exist yet
+// in a directory it can.
+func checkOutDir(out string) error {
+	dir := out
+	if st, err := os.Stat(out); err == nil {
+		if !st.IsDir() {
+			return errors.New("not a directory")
+		}
+	} else if errors.Is(err, fs.ErrNotExist) {
+		dir = filepath.Dir(filepath.Clean(out))
+		for {
+			st, err := os.Stat(dir)
+			if err == nil {
+				if !st.IsDir() {
+					return fmt.Errorf("%s is not a directory", dir)
+				}
+				break
+			}
+			if !errors.Is(err, fs.ErrNotExist) || dir == filepath.Dir(dir) {
+				return err
+			}
+			dir = filepath.Dir(dir)
+		}
+	} else {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".kiln-write-check-*")
+	if err != nil {
+		return fmt.Errorf("cannot write in %s: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }

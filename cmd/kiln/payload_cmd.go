@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -46,6 +47,24 @@ func newPayloadGenerateCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if to == "" || out == "" || key == "" {
 				return usageError(errors.New("payload generate: --to, -o and --key are required"))
+			}
+			// Before minutes of hashing: the payload's directory must be
+			// there and writable.
+			if st, err := os.Stat(out); err == nil && st.IsDir() {
+				return usageError(fmt.Errorf("payload generate: -o %s is a directory; name the payload file", out))
+			}
+			dir := filepath.Dir(out)
+			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+				if err == nil {
+					err = errors.New("not a directory")
+				}
+				return usageError(fmt.Errorf("payload generate: -o %s: %s: %w", out, dir, err))
+			}
+			if f, err := os.CreateTemp(dir, ".kiln-write-check-*"); err != nil {
+				return usageError(fmt.Errorf("payload generate: -o %s: cannot write in %s: %w", out, dir, err))
+			} else {
+				f.Close()
+				os.Remove(f.Name())
 			}
 			client, err := payload.ParseClient(clientName)
 			if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -32,7 +33,13 @@ func newVerifyCommand(g *globals) *cobra.Command {
 			if deployed && partition != "" {
 				return usageError(fmt.Errorf("verify: --deployed and --partition exclude each other"))
 			}
-			if manifestPath == "" && !deployed {
+			if manifestPath != "" {
+				// A manifest named on the command line must be there: its
+				// absence is bad input, not a failed check.
+				if _, err := os.Stat(manifestPath); err != nil {
+					return usageError(fmt.Errorf("verify: --manifest: %w", err))
+				}
+			} else if !deployed {
 				manifestPath = filepath.Join(filepath.Dir(args[0]), build.ManifestFile)
 			}
 			v, err := sign.LoadVerifier(cmd.Context(), key)
