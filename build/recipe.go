@@ -194,7 +194,8 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, fail(0, "", err)
+		line, msg := yamlerr.Syntax(data, err)
+		return nil, fail(line, "", errors.New(msg))
 	}
 	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return nil, fail(0, "", errors.New("not a YAML mapping"))

@@ -222,6 +222,11 @@ func Parse(data []byte, source string) (*Layout, error) {
 			part, field := partitionOfKey(&doc, ps[0].Key)
 			return nil, &Error{Source: source, Line: ps[0].Line, Partition: part, Field: field, Err: errors.New(ps[0].Msg)}
 		}
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			line, msg := yamlerr.Syntax(data, err)
+			return nil, &Error{Source: source, Line: line, Err: errors.New(msg)}
+		}
 		return nil, &Error{Source: source, Err: err}
 	}
 	lines := partitionLines(&doc)

@@ -155,3 +155,117 @@ func LineOf(root *yaml.Node, path string) int {
 	}
 	return line
 }
+
+var syntaxLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// Syntax explains a YAML syntax error err of document data: the line to
+// blame and what is wrong there. The YAML parser names the line where the
+// block it could not finish began (a wrong indent on line 12 is reported
+// at line 5, a tab on line 3 at line 2); Syntax looks for the line itself:
+// the first tab in an indentation, else the first line indented to no
+// level of the blocks around it. When it finds none it keeps the parser's
+// line and message; line is 0 when the parser gave none.
+func Syntax(data []byte, err error) (line int, msg string) {
+	msg = err.Error()
+	if m := syntaxLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	lines := strings.Split(string(data), "\n")
+	for i, l := range lines {
+		indent := l[:len(l)-len(strings.TrimLeft(l, " \t"))]
+		if strings.Contains(indent, "\t") && strings.TrimSpace(l) != "" {
+			return i + 1, "a tab in the indentation (YAML indents with spaces only)"
+		}
+	}
+	if n := misindented(lines); n > 0 {
+		return n, fmt.Sprintf("indented to no level of the blocks around it (%s)", msg)
+	}
+	return line, msg
+}
+
+// flowDepth returns how many [ and { a line opens, less those it closes,
+// outside quotes.
+func flowDepth(line string) int {
+	d := 0
+	var quote rune
+	for _, c := range line {
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '"' || c == '\'':
+			quote = c
+		case c == '[' || c == '{':
+			d++
+		case c == ']' || c == '}':
+			d--
+		case c == '#':
+			return d
+		}
+	}
+	return d
+}
+
+// misindented returns the first line (1-based) indented deeper than its
+// block without opening one, or dedented to a level no enclosing block
+// has; 0 when there is none. Blank lines, comments, flow collections and
+// the content of block scalars (| and >) are passed over.
+func misindented(lines []string) int {
+	levels := []int{0}
+	opens := false // the previous line ends in "key:" or "-": a block may start
+	scalar := -1   // inside a block scalar: lines indented deeper than this
+	flow := 0      // depth of open [ and { of flow collections
+	for i, l := range lines {
+		t := strings.TrimSpace(l)
+		if t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		inFlow := flow > 0
+		flow += flowDepth(t)
+		if inFlow {
+			continue
+		}
+		ind := len(l) - len(strings.TrimLeft(l, " "))
+		if scalar >= 0 {
+			if ind > scalar {
+				continue
+			}
+			scalar = -1
+		}
+		top := levels[len(levels)-1]
+		switch {
+		case ind > top:
+			if !opens {
+				return i + 1
+			}
+			levels = append(levels, ind)
+		case ind < top:
+			for len(levels) > 0 && levels[len(levels)-1] > ind {
+				levels = levels[:len(levels)-1]
+			}
+			if len(levels) == 0 || levels[len(levels)-1] != ind {
+				return i + 1
+			}
+		}
+		body := strings.TrimSpace(strings.SplitN(t, " #", 2)[0])
+		opens = strings.HasSuffix(body, ":") || body == "-"
+		// "- content": the item's content is a block at the column after
+		// the dash (a mapping's further keys line up there).
+		for strings.HasPrefix(body, "- ") {
+			rest := strings.TrimLeft(body[1:], " ")
+			ind += len(body) - len(rest)
+			levels = append(levels, ind)
+			body = rest
+		}
+		for _, s := range []string{"|", ">", "|-", ">-", "|+", ">+"} {
+			if strings.HasSuffix(body, ": "+s) || body == "- "+s {
+				scalar = ind
+			}
+		}
+	}
+	return 0
+}

@@ -2,6 +2,7 @@ package yamlerr
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -47,5 +48,39 @@ func TestProblems(t *testing.T) {
 	}
 	if Problems(nil, nil) != nil {
 		t.Error("no error, problems")
+	}
+}
+
+// TestSyntaxFindsTheLine: the line a syntax error blames is the line at
+// fault, not the start of the block the parser could not finish.
+func TestSyntaxFindsTheLine(t *testing.T) {
+	for _, c := range []struct {
+		doc  string
+		line int
+		want string
+	}{
+		{"name: demo\nversion: 1.0.0\nchannel: stable\nlayout: coreos\npartitions:\n  EFI-SYSTEM:\n    filesystem: vfat\n  USR-A:\n    filesystem: ext4\n    verity: true\n    source: dir:/tmp\n   subdir: /usr\n  OEM: {}\n", 12, "indented to no level"},
+		{"name: demo\nversion: 1.0.0\n\tlayout: coreos\npartitions: {}\n", 3, "a tab in the indentation"},
+		{"a: 1\n  b: 2\n", 2, "indented to no level"},
+		{"a:\n  b: |\n    text\n      more text\n  c: 2\nd: [1,\n  2]\n  e: 3\n", 8, "indented to no level"},
+		{"list:\n  - x: 1\n    y: 2\n  - z\n", 0, ""},
+		{"name: x\npartitions:\n  - number: 1\n   label: A\n", 4, "indented to no level"},
+	} {
+		var v any
+		err := yaml.Unmarshal([]byte(c.doc), &v)
+		if c.line == 0 {
+			if err != nil {
+				t.Errorf("%q: %v", c.doc, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%q parsed", c.doc)
+			continue
+		}
+		line, msg := Syntax([]byte(c.doc), err)
+		if line != c.line || !strings.Contains(msg, c.want) {
+			t.Errorf("%q: line %d %q, want line %d %q (parser: %v)", c.doc, line, msg, c.line, c.want, err)
+		}
 	}
 }
