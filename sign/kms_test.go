@@ -1,3 +1,5 @@
+//go:build kms || (kms_aws && kms_gcp && kms_azure && kms_hashivault)
+
 package sign
 
 import (

@@ -12,46 +12,12 @@ import (
 	"strings"
 
 	"github.com/sigstore/sigstore/pkg/signature"
-	"github.com/sigstore/sigstore/pkg/signature/kms"
 	"github.com/sigstore/sigstore/pkg/signature/options"
-
-	// The KMS providers register themselves with kms.Get when imported.
-	"github.com/sigstore/sigstore/pkg/signature/kms/aws"
-	"github.com/sigstore/sigstore/pkg/signature/kms/azure"
-	"github.com/sigstore/sigstore/pkg/signature/kms/gcp"
-	"github.com/sigstore/sigstore/pkg/signature/kms/hashivault"
 )
 
 // EnvScheme prefixes a key reference held in an environment variable:
 // env://VAR.
 const EnvScheme = "env://"
-
-// KMSSchemes are the KMS URI schemes LoadSigner and LoadVerifier accept.
-var KMSSchemes = []string{aws.ReferenceScheme, gcp.ReferenceScheme, azure.ReferenceScheme, hashivault.ReferenceScheme}
-
-// kmsValid holds each provider's own check of a reference's form, which
-// tells a mistyped reference (the user's mistake) from a KMS failure.
-var kmsValid = map[string]func(string) error{
-	aws.ReferenceScheme:        aws.ValidReference,
-	gcp.ReferenceScheme:        gcp.ValidReference,
-	azure.ReferenceScheme:      azure.ValidReference,
-	hashivault.ReferenceScheme: hashivault.ValidReference,
-}
-
-// loadKMS returns the provider's SignerVerifier for ref. An error for a
-// malformed reference wraps ErrInvalidKey.
-func loadKMS(ctx context.Context, ref string) (kms.SignerVerifier, error) {
-	sv, err := kms.Get(ctx, ref, crypto.SHA256)
-	if err == nil {
-		return sv, nil
-	}
-	for scheme, valid := range kmsValid {
-		if strings.HasPrefix(ref, scheme) && valid(ref) != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidKey, ref, err)
-		}
-	}
-	return nil, fmt.Errorf("sign: loading KMS key %s: %w", ref, err)
-}
 
 var uriRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://`)
 
@@ -64,9 +30,9 @@ const (
 	refKMS
 )
 
-// parseRef classifies ref. Only the schemes kiln knows reach kms.Get: an
-// unknown scheme would otherwise make sigstore look for a plugin program
-// named after it on $PATH.
+// parseRef classifies ref. Only the schemes kiln knows reach loadKMS (see
+// kms.go): an unknown scheme would otherwise make sigstore look for a
+// plugin program named after it on $PATH.
 func parseRef(ref string) (refKind, string, error) {
 	switch {
 	case ref == "":
@@ -297,7 +263,7 @@ func (s *keySigner) Verify(r io.Reader, sig []byte) error {
 type keyVerifier struct {
 	name string
 	pub  crypto.PublicKey
-	kms  kms.SignerVerifier
+	kms  signature.SignerVerifier
 	ctx  context.Context
 }
 
