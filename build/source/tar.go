@@ -46,7 +46,23 @@ var (
 	// store as it is (an unknown record, file flags, NFSv4 ACLs, ACLs with
 	// user or group names); it is refused rather than dropped.
 	ErrUnsupported = errors.New("source: tar entry cannot be stored as it is")
+	// ErrConflict means members of one tar stream that cannot all be
+	// applied as they are: GNU tar refuses one of a tarball's, the OCI
+	// image-spec forbids a layer's (two members for one path, a member
+	// below a file of the same layer), their result would depend on the
+	// filesystem, or a hard link names nothing. It wraps ErrUnsupported:
+	// the input is at fault.
+	ErrConflict error = &wrapped{"source: members that cannot all be applied", ErrUnsupported}
 )
+
+// wrapped is a sentinel error that is also a kind of another.
+type wrapped struct {
+	msg    string
+	parent error
+}
+
+func (e *wrapped) Error() string { return e.msg }
+func (e *wrapped) Unwrap() error { return e.parent }
 
 // Spool holds uncompressed tar streams on disk so that file content can
 // be referenced (as tree.Section) instead of held in memory. Close removes
@@ -132,15 +148,42 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Rules are how the members of a tar stream become a tree.
+type Rules uint8
+
+const (
+	// GNUTar extracts a plain tarball as GNU tar 1.34 does as root (tar
+	// -xpf --xattrs --xattrs-include='*' --acls), member after member;
+	// a member GNU tar refuses, or whose result depends on the
+	// filesystem GNU tar extracts to, is refused (see gnutar.go).
+	GNUTar Rules = iota
+	// OCILayer applies an OCI image layer over lower layers as the
+	// image-spec defines it, whatever the order of the layer's members:
+	// whiteouts and opaque markers hide what lower layers hold, never the
+	// layer's own members; a layer with two members for one path, or
+	// members that cannot all hold, is refused (see ocilayer.go).
+	OCILayer
+)
+
+var rulesNames = map[Rules]string{GNUTar: "GNU tar", OCILayer: "OCI layer"}
+
+// String returns the rules' name.
+func (r Rules) String() string {
+	if s, ok := rulesNames[r]; ok {
+		return s
+	}
+	return fmt.Sprintf("rules(%d)", uint8(r))
+}
+
 // LayerOptions control how a tar stream is applied to a tree.
 type LayerOptions struct {
 	// Name identifies the stream in errors ("layer sha256:ab12…", "tar
 	// rootfs.tar").
 	Name string
-	// Whiteouts applies OCI whiteout files (.wh.NAME deletes NAME from
-	// lower layers, .wh..wh..opq empties a directory of lower layers'
-	// entries). Plain tarballs keep such names as files.
-	Whiteouts bool
+	// Rules are how the members apply: GNUTar (the zero value) for a
+	// plain tarball, whose .wh. names are files like any other; OCILayer
+	// for an image layer.
+	Rules Rules
 	// Budget bounds what the stream may spool; the layers of one image
 	// share one. Nil is unbounded.
 	Budget *Budget
@@ -155,17 +198,20 @@ type layer struct {
 	end    int64    // bytes in sparse
 }
 
-// ApplyTar reads a tar stream into t, as a layer over what t already holds.
-// The stream is copied into the spool as it is read, and regular files
-// reference their bytes there (sparse files: their expanded content).
-// Everything an entry says is stored or the entry is refused: owners,
-// modes, nanosecond times, device numbers, xattrs (SCHILY.xattr.*,
+// ApplyTar reads a tar stream into t, as a layer over what t already holds,
+// by o.Rules. The stream is copied into the spool as it is read, and
+// regular files reference their bytes there (sparse files: their expanded
+// content). Everything a member says is stored or the member is refused:
+// owners, modes, nanosecond times, device numbers, xattrs (SCHILY.xattr.*,
 // LIBARCHIVE.xattr.*), POSIX ACLs (SCHILY.acl.access and .default, as the
 // kernel's xattrs); a record kiln does not know, file flags or NFSv4 ACLs
-// are errors (ErrUnsupported). An entry whose path escapes the root, or
+// are errors (ErrUnsupported). A member whose path escapes the root, or
 // that would be written through a symlink, is an error naming the stream
-// and the entry.
+// and the member; so is one the rules refuse (ErrConflict).
 func (s *Spool) ApplyTar(t *tree.Tree, r io.Reader, o LayerOptions) error {
+	if _, ok := rulesNames[o.Rules]; !ok {
+		return fmt.Errorf("%s: %v", o.Name, o.Rules)
+	}
 	f, err := os.CreateTemp(s.dir, "layer-*.tar")
 	if err != nil {
 		return fmt.Errorf("%s: spool: %w", o.Name, err)
@@ -173,8 +219,19 @@ func (s *Spool) ApplyTar(t *tree.Tree, r io.Reader, o LayerOptions) error {
 	s.files = append(s.files, f)
 	l := &layer{s: s, o: o, raw: f}
 	cr := &countingReader{r: io.TeeReader(r, budgetWriter{f, o.Budget})}
-	if err := l.apply(t, cr); err != nil {
-		return err
+	if o.Rules == OCILayer {
+		oci := newOCILayer(t)
+		if err := l.read(cr, oci.add); err != nil {
+			return err
+		}
+		if err := oci.apply(); err != nil {
+			return l.fail(err)
+		}
+	} else {
+		g := newGNUTar(t)
+		if err := l.read(cr, g.apply); err != nil {
+			return err
+		}
 	}
 	// Drain the trailer (it counts against the budget too).
 	if _, err := io.Copy(io.Discard, cr); err != nil {
@@ -191,120 +248,192 @@ func (l *layer) readErr(err error) error {
 	return fmt.Errorf("%s: reading tar: %w", l.o.Name, err)
 }
 
-func (l *layer) apply(t *tree.Tree, cr *countingReader) error {
+// memberError is an error about one member of the stream.
+type memberError struct {
+	m   *member
+	err error
+}
+
+func (e *memberError) Error() string {
+	return fmt.Sprintf("entry %q (member %d): %v", e.m.name, e.m.index, e.err)
+}
+
+func (e *memberError) Unwrap() error { return e.err }
+
+// fail names the stream, and the member when err is about one.
+func (l *layer) fail(err error) error {
+	return fmt.Errorf("%s: %w", l.o.Name, err)
+}
+
+// memberKind is what a member asks for.
+type memberKind uint8
+
+const (
+	memberInode    memberKind = iota + 1 // a file, directory, symlink, device or fifo
+	memberLink                           // a hard link
+	memberWhiteout                       // an OCI whiteout (.wh.NAME)
+	memberOpaque                         // an OCI opaque marker (.wh..wh..opq)
+)
+
+// member is one member of a tar stream, read but not yet applied.
+type member struct {
+	index int    // position in the stream, from 1 (global headers aside)
+	name  string // as the archive spells it
+	path  string // cleaned, "" for the root
+	kind  memberKind
+	inode *tree.Inode // memberInode
+	// link is a hard link's target; target the path a whiteout hides or
+	// the directory an opaque marker empties. Both cleaned.
+	link, target string
+}
+
+// what names the member's kind for messages ("a regular file").
+func (m *member) what() string {
+	switch m.kind {
+	case memberLink:
+		return "a hard link"
+	case memberWhiteout:
+		return "a whiteout"
+	case memberOpaque:
+		return "an opaque marker"
+	}
+	return typeName(m.inode.Type)
+}
+
+// isDir reports whether m is a directory.
+func (m *member) isDir() bool { return m.kind == memberInode && m.inode.Type == tree.Dir }
+
+// typeName names an inode type for messages ("a directory").
+func typeName(t tree.Type) string {
+	switch t {
+	case tree.Regular:
+		return "a regular file"
+	case tree.Dir:
+		return "a directory"
+	case tree.CharDevice:
+		return "a character device"
+	case tree.BlockDevice:
+		return "a block device"
+	}
+	return "a " + t.String()
+}
+
+// errorf is an error about m.
+func (m *member) errorf(format string, args ...any) error {
+	return &memberError{m, fmt.Errorf(format, args...)}
+}
+
+// read reads the stream's members and hands each to apply, in order.
+// What a member carries is checked here; what it does to the tree is
+// apply's.
+func (l *layer) read(cr *countingReader, apply func(*member) error) error {
 	tr := tar.NewReader(cr)
-	// Paths this layer created: an opaque marker hides only lower layers.
-	added := map[string]bool{}
-	var opaque []string
-	for {
+	for index := 1; ; index++ {
 		h, err := tr.Next()
 		if err == io.EOF {
-			break
+			return nil
 		}
 		if err != nil {
 			return l.readErr(err)
 		}
-		fail := func(err error) error {
-			return fmt.Errorf("%s: entry %q: %w", l.o.Name, h.Name, err)
-		}
+		m := &member{index: index, name: h.Name}
 		if h.Typeflag == tar.TypeXGlobalHeader {
+			index--
 			if err := globalHeader(h); err != nil {
-				return fail(err)
+				return l.fail(m.errorf("%w", err))
 			}
 			continue
 		}
-		names, err := tree.Clean(h.Name)
-		if err != nil {
-			return fail(err)
+		if err := l.member(m, h, tr, cr); err != nil {
+			return l.fail(m.errorf("%w", err))
 		}
-		p := strings.Join(names, "/")
-		dir, base := path.Split(p)
-		dir = strings.TrimSuffix(dir, "/")
-		if l.o.Whiteouts && strings.HasPrefix(base, whiteoutPrefix) {
-			if base == whiteoutOpaque {
-				opaque = append(opaque, dir)
-				continue
-			}
-			target := path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix))
-			if err := checkNoSymlinkParent(t, target); err != nil {
-				return fail(err)
-			}
-			if err := t.Remove(target); err != nil {
-				return fail(err)
-			}
-			continue
-		}
-		if len(names) == 0 {
-			if h.Typeflag == tar.TypeDir {
-				meta, err := inodeFromHeader(h, tree.Dir)
-				if err != nil {
-					return fail(err)
-				}
-				t.Root.Perm, t.Root.UID, t.Root.GID, t.Root.Mtime, t.Root.Xattrs = meta.Perm, meta.UID, meta.GID, meta.Mtime, meta.Xattrs
-			}
-			continue
-		}
-		if err := checkNoSymlinkParent(t, p); err != nil {
-			return fail(err)
-		}
-		added[p] = true
-		if h.Typeflag == tar.TypeLink {
-			target, err := tree.Clean(h.Linkname)
-			if err != nil {
-				return fail(fmt.Errorf("hard link target: %w", err))
-			}
-			if err := t.Link(p, strings.Join(target, "/")); err != nil {
-				return fail(err)
-			}
-			continue
-		}
-		typ, ok := tarTypes[h.Typeflag]
-		if !ok {
-			return fail(fmt.Errorf("%w: entry type %q", ErrUnsupported, h.Typeflag))
-		}
-		n, err := inodeFromHeader(h, typ)
-		if err != nil {
-			return fail(err)
-		}
-		switch typ {
-		case tree.Regular:
-			n.Size = h.Size
-			sparse, err := isSparse(h)
-			if err != nil {
-				return fail(err)
-			}
-			switch {
-			case sparse:
-				// The stream holds the data runs, not the file: expand it.
-				if n.Content, err = l.expand(tr, h.Size); err != nil {
-					return fail(err)
-				}
-			case h.Size > 0:
-				n.Content = tree.Section{R: l.raw, Offset: cr.n, Size: h.Size}
-			}
-		case tree.Symlink:
-			n.Target = h.Linkname
-		}
-		// Put replaces what lower layers had at that path, except that a
-		// directory over a directory keeps its children.
-		if err := t.Put(p, n); err != nil {
-			return fail(err)
+		if err := apply(m); err != nil {
+			return l.fail(err)
 		}
 	}
-	for _, dir := range opaque {
-		d, err := t.Lookup(dir)
-		if err != nil || d.Type != tree.Dir {
-			continue
-		}
-		kept := d.Entries[:0]
-		for _, e := range d.Entries {
-			if added[path.Join(dir, e.Name)] {
-				kept = append(kept, e)
-			}
-		}
-		d.Entries = kept
+}
+
+// member fills m from its header (and, for a regular file, the content
+// that follows it).
+func (l *layer) member(m *member, h *tar.Header, tr *tar.Reader, cr *countingReader) error {
+	names, err := tree.Clean(h.Name)
+	if err != nil {
+		return err
 	}
+	m.path = strings.Join(names, "/")
+	if l.o.Rules == OCILayer {
+		if ok, err := whiteout(m, names); ok || err != nil {
+			return err
+		}
+	}
+	if h.Typeflag == tar.TypeLink {
+		target, err := tree.Clean(h.Linkname)
+		if err != nil {
+			return fmt.Errorf("hard link target: %w", err)
+		}
+		m.kind, m.link = memberLink, strings.Join(target, "/")
+		return nil
+	}
+	typ, ok := tarTypes[h.Typeflag]
+	if !ok {
+		return fmt.Errorf("%w: entry type %q", ErrUnsupported, h.Typeflag)
+	}
+	n, err := inodeFromHeader(h, typ)
+	if err != nil {
+		return err
+	}
+	switch typ {
+	case tree.Regular:
+		n.Size = h.Size
+		sparse, err := isSparse(h)
+		if err != nil {
+			return err
+		}
+		switch {
+		case sparse:
+			// The stream holds the data runs, not the file: expand it.
+			if n.Content, err = l.expand(tr, h.Size); err != nil {
+				return err
+			}
+		case h.Size > 0:
+			n.Content = tree.Section{R: l.raw, Offset: cr.n, Size: h.Size}
+		}
+	case tree.Symlink:
+		n.Target = h.Linkname
+	}
+	m.kind, m.inode = memberInode, n
 	return nil
+}
+
+// whiteout reads an OCI layer's whiteout names: .wh.NAME hides NAME,
+// .wh..wh..opq the directory's children, whatever the member's type
+// (umoci and containerd look at the name alone). Other .wh..wh. names
+// (aufs' own) and .wh. in a directory's name are not in the layer format;
+// they are refused, not taken for files.
+func whiteout(m *member, names []string) (bool, error) {
+	for i, name := range names {
+		if !strings.HasPrefix(name, whiteoutPrefix) {
+			continue
+		}
+		if i < len(names)-1 {
+			return true, fmt.Errorf("%w: directory %q: a name beginning with %q hides a file, it cannot hold one", ErrUnsupported, name, whiteoutPrefix)
+		}
+		dir := strings.Join(names[:i], "/")
+		switch {
+		case name == whiteoutOpaque:
+			m.kind, m.target = memberOpaque, dir
+		case name == whiteoutPrefix:
+			return true, fmt.Errorf("%w: a whiteout naming no file", ErrUnsupported)
+		case strings.HasPrefix(name, whiteoutPrefix+whiteoutPrefix):
+			return true, fmt.Errorf("%w: %q is aufs metadata, not part of an OCI layer", ErrUnsupported, name)
+		case name == whiteoutPrefix+"." || name == whiteoutPrefix+"..":
+			return true, fmt.Errorf("%w: a whiteout of %q", tree.ErrBadPath, strings.TrimPrefix(name, whiteoutPrefix))
+		default:
+			m.kind, m.target = memberWhiteout, path.Join(dir, strings.TrimPrefix(name, whiteoutPrefix))
+		}
+		return true, nil
+	}
+	return false, nil
 }
 
 // tarTypes maps the entry types kiln stores to inode types. GNU's old
@@ -406,27 +535,46 @@ func globalHeader(h *tar.Header) error {
 	return nil
 }
 
-// checkNoSymlinkParent refuses a path whose parent directories include a
-// symlink in the tree: writing through it could land outside the root.
-func checkNoSymlinkParent(t *tree.Tree, p string) error {
-	names, err := tree.Clean(p)
-	if err != nil {
-		return err
-	}
+// checkParents checks the directories that lead to p in t: a missing one
+// will be made, a symlink is refused (writing through it could land
+// anywhere; kiln never follows one) and so is any other non-directory.
+func checkParents(t *tree.Tree, p string) error {
+	names := strings.Split(p, "/")
 	n := t.Root
-	for i, name := range names[:max(len(names)-1, 0)] {
+	for i, name := range names[:len(names)-1] {
 		n = n.Child(name)
-		if n == nil {
+		switch {
+		case n == nil:
 			return nil
-		}
-		if n.Type == tree.Symlink {
+		case n.Type == tree.Symlink:
 			return fmt.Errorf("%w: parent %q is a symlink (to %q)", tree.ErrBadPath, strings.Join(names[:i+1], "/"), n.Target)
-		}
-		if n.Type != tree.Dir {
-			return fmt.Errorf("%w: parent %q is not a directory", tree.ErrNotDir, strings.Join(names[:i+1], "/"))
+		case n.Type != tree.Dir:
+			return fmt.Errorf("%w: parent %q is %s: %w", ErrConflict, strings.Join(names[:i+1], "/"), typeName(n.Type), tree.ErrNotDir)
 		}
 	}
 	return nil
+}
+
+// linkTarget returns the inode a hard link to p names: it must exist, be
+// reached through directories only and not be a directory.
+func linkTarget(t *tree.Tree, p string) (*tree.Inode, error) {
+	if err := checkParents(t, p); err != nil {
+		return nil, fmt.Errorf("hard link to %q: %w", p, err)
+	}
+	n, err := t.Lookup(p)
+	if err != nil {
+		return nil, fmt.Errorf("%w: hard link to %q, which does not exist", ErrConflict, p)
+	}
+	if n.Type == tree.Dir {
+		return nil, fmt.Errorf("%w: hard link to the directory %q: %w", ErrConflict, p, tree.ErrIsDir)
+	}
+	return n, nil
+}
+
+// setRoot gives the root directory n's metadata; its children stay.
+func setRoot(t *tree.Tree, n *tree.Inode) {
+	r := t.Root
+	r.Perm, r.UID, r.GID, r.Mtime, r.Xattrs = n.Perm, n.UID, n.GID, n.Mtime, n.Xattrs
 }
 
 // inodeFromHeader takes the metadata of a tar header for an inode of type

@@ -162,7 +162,7 @@ func fromImage(ctx context.Context, s *source.Spool, spec string, o Options, sys
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			defer r.Close()
-			if err := s.ApplyTar(out.Tree, r, source.LayerOptions{Name: name, Whiteouts: true, Budget: o.Budget}); err != nil {
+			if err := s.ApplyTar(out.Tree, r, source.LayerOptions{Name: name, Rules: source.OCILayer, Budget: o.Budget}); err != nil {
 				return err
 			}
 			if _, err := io.Copy(io.Discard, blob); err != nil {
