@@ -49,6 +49,8 @@ type member struct {
 	xattrs map[string]string // SCHILY.xattr.NAME
 	pax    map[string]string // other PAX records
 	mtime  time.Time
+	major  int64 // a device's numbers
+	minor  int64
 }
 
 // tarOf writes members as a PAX tar stream.
@@ -58,7 +60,7 @@ func tarOf(t *testing.T, ms ...member) []byte {
 	tw := tar.NewWriter(&buf)
 	for _, m := range ms {
 		h := &tar.Header{Name: m.name, Typeflag: m.typ, Linkname: m.link, Mode: m.mode, Uid: m.uid,
-			ModTime: m.mtime, Format: tar.FormatPAX}
+			ModTime: m.mtime, Devmajor: m.major, Devminor: m.minor, Format: tar.FormatPAX}
 		if h.ModTime.IsZero() {
 			h.ModTime = layerTime
 		}
@@ -375,8 +377,9 @@ func TestLayersTarDirTwice(t *testing.T) {
 // and a directory d0): F a file p, D and E a directory p (E with access
 // and default ACLs), S a symlink p to f0, T one to d0, A one to an
 // absolute path, U one through "..", H a hard link p to f0, I a hard link
-// p to itself, P a fifo p, C a file p/c, L a hard link to p.
-const tarItems = "FDESTAUHIPCL"
+// p to itself, P a fifo p, N a character device p, C a file p/c, L a
+// hard link to p.
+const tarItems = "FDESTAUHIPNCL"
 
 // tarMember is item x at position i (from 0) of case c's sequence.
 func tarMember(c string, x byte, i int) member {
@@ -407,6 +410,8 @@ func tarMember(c string, x byte, i int) member {
 		return member{name: p, typ: tar.TypeLink, link: p}
 	case 'P':
 		return member{name: p, typ: tar.TypeFifo, mode: 0o600, uid: 50 + i, mtime: at}
+	case 'N':
+		return member{name: p, typ: tar.TypeChar, mode: 0o620, uid: 60 + i, mtime: at, major: 1, minor: int64(3 + i)}
 	case 'C':
 		return member{name: p + "/c", typ: tar.TypeReg, body: fmt.Sprintf("C%d", i), mtime: at}
 	case 'L':
@@ -442,7 +447,7 @@ func tarModel(seq string) (kilnRefuses, extractorTime bool) {
 			return true, false
 		}
 		switch x {
-		case 'F', 'H', 'P':
+		case 'F', 'H', 'P', 'N':
 			state, extractorTime = 'f', false
 		case 'D', 'E':
 			state, extractorTime, applied = 'd', false, false
@@ -496,10 +501,11 @@ func tmpfs(t *testing.T) string {
 }
 
 // TestLayersTarMatrix: every sequence of one to three of tarItems at one
-// name, each sequence a case in a directory of its own, extracted by GNU
-// tar onto ext4 and onto tmpfs. Where GNU tar refuses a member, where its
-// two results differ (a symlink it makes last, whose name a later member
-// took), or where it writes through a symlink, kiln refuses the case's
+// name (2379), each sequence a case in a directory of its own, extracted
+// by GNU tar onto ext4 and onto tmpfs. Where GNU tar refuses a member,
+// where its two results differ (a symlink it makes last, whose name a
+// later member took), where it writes through a symlink, or where a
+// later member takes such a symlink's name, kiln refuses the case's
 // tarball, naming it and a member. Every other case is in one tarball
 // kiln builds, and the image equals GNU tar's ext4 extraction of it.
 func TestLayersTarMatrix(t *testing.T) {
@@ -1144,4 +1150,116 @@ func TestLayersRoot(t *testing.T) {
 			t.Errorf("the root: %v\numoci:\n%skiln:\n%s", err, listing(want), listing(got))
 		}
 	})
+}
+
+// acrossOps are what one layer of TestLayersOCIAcrossLayers does to p in
+// its case's directory c: '-' nothing, F a file, S a symlink to f0, H a
+// hard link to f0, D a directory with a file of the layer's, O that
+// directory made opaque, W the whiteout .wh.p.
+const acrossOps = "-FSHDOW"
+
+// acrossLayer returns layer l (from 0) of a case: op at p (layer 0 also
+// makes c and f0).
+func acrossLayer(c string, l int, op byte) []member {
+	var ms []member
+	if l == 0 {
+		ms = append(ms, dirM(c+"/"), fileM(c+"/f0", "f0"))
+	}
+	at := layerTime.Add(time.Duration(l) * time.Hour)
+	x := map[string]string{"user.layer": fmt.Sprint(l)}
+	switch op {
+	case 'F':
+		ms = append(ms, member{name: c + "/p", typ: tar.TypeReg, body: fmt.Sprintf("layer %d", l), mode: 0o640, uid: l, mtime: at, xattrs: x})
+	case 'S':
+		ms = append(ms, member{name: c + "/p", typ: tar.TypeSymlink, link: "f0", uid: l, mtime: at})
+	case 'H':
+		ms = append(ms, member{name: c + "/p", typ: tar.TypeLink, link: c + "/f0"})
+	case 'D', 'O':
+		if op == 'O' {
+			ms = append(ms, fileM(c+"/p/.wh..wh..opq", ""))
+		}
+		ms = append(ms, member{name: c + "/p/", typ: tar.TypeDir, mode: 0o750, uid: l, mtime: at, xattrs: x},
+			member{name: fmt.Sprintf("%s/p/x%d", c, l), typ: tar.TypeReg, body: fmt.Sprint(l), mtime: at})
+	case 'W':
+		ms = append(ms, fileM(c+"/.wh.p", ""))
+	}
+	return ms
+}
+
+// TestLayersOCIAcrossLayers: every sequence of three layers' acrossOps
+// at one name (343 cases), each layer in the canonical order (whiteouts
+// first) and reversed: kiln's tree, in process and in the image it
+// builds, equals umoci's.
+func TestLayersOCIAcrossLayers(t *testing.T) {
+	dir := t.TempDir()
+	var cases []string
+	for _, a := range acrossOps {
+		for _, b := range acrossOps {
+			for _, c := range acrossOps {
+				cases = append(cases, string([]rune{a, b, c}))
+			}
+		}
+	}
+	name := func(i, v int) string { return fmt.Sprintf("x%03d-%d", i, v) }
+	reverse := func(ms []member) []member {
+		out := append([]member(nil), ms...)
+		for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+			out[i], out[j] = out[j], out[i]
+		}
+		return out
+	}
+	var layers [3][]member // umoci: canonical order
+	var kilnLayers [3][]member
+	for i, ops := range cases {
+		for l := range 3 {
+			layers[l] = append(layers[l], acrossLayer(name(i, 0), l, ops[l])...)
+			for v := range 2 {
+				ms := acrossLayer(name(i, v), l, ops[l])
+				if v == 1 {
+					ms = reverse(ms)
+				}
+				kilnLayers[l] = append(kilnLayers[l], ms...)
+			}
+		}
+	}
+	want := umociTree(t, writeOCI(t, filepath.Join(dir, "umoci"), tarOf(t, layers[0]...), tarOf(t, layers[1]...), tarOf(t, layers[2]...)))
+	writeOCI(t, filepath.Join(dir, "img"), tarOf(t, kilnLayers[0]...), tarOf(t, kilnLayers[1]...), tarOf(t, kilnLayers[2]...))
+	image := kilnLarge(t, dir, "oci:img:v1")
+	spools := t.TempDir()
+	for i, ops := range cases {
+		w, err := want.Sub(name(i, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp, err := source.NewSpool(spools)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for v := range 2 {
+			var streams [][]byte
+			for l := range 3 {
+				ms := acrossLayer(name(i, 0), l, ops[l])
+				if v == 1 {
+					ms = reverse(ms)
+				}
+				streams = append(streams, tarOf(t, ms...))
+			}
+			got, err := applyLayers(sp, streams...)
+			if err != nil {
+				t.Errorf("layers %s, order %d, in process: %v", ops, v, err)
+				continue
+			}
+			g, _ := got.Sub(name(i, 0))
+			if err := equalCase(w, g, "", nil); err != nil {
+				t.Errorf("layers %s, order %d, in process: %v\numoci:\n%skiln:\n%s", ops, v, err, listing(w), listing(g))
+			}
+			if g, err = image.Sub(name(i, v)); err != nil {
+				t.Fatal(err)
+			}
+			if err := equalCase(w, g, "", nil); err != nil {
+				t.Errorf("layers %s, order %d, image: %v\numoci:\n%skiln:\n%s", ops, v, err, listing(w), listing(g))
+			}
+		}
+		sp.Close()
+	}
 }
