@@ -47,7 +47,7 @@ func newSBKeys(t *testing.T) *sbKeys {
 		*x.key, *x.cert = base+".key", base+".pem"
 		mustRun(t, kiln, "secureboot", "cert", "--key", *x.key, "--subject", "CN=kiln test "+x.name+",O=kiln", "-o", *x.cert)
 	}
-	mustRun(t, kiln, "keygen", "-o", filepath.Join(dir, "ec"))
+	mustRun(t, kiln, "keygen", "--type", "ecdsa-p256", "-o", filepath.Join(dir, "ec"))
 	mustRun(t, kiln, "keygen", "--type", "ed25519", "-o", filepath.Join(dir, "ed"))
 	k.ec, k.ed = filepath.Join(dir, "ec.key"), filepath.Join(dir, "ed.key")
 	return k
