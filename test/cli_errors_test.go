@@ -54,6 +54,9 @@ func TestExitCodesAndMessages(t *testing.T) {
 		{"-o naming a file", []string{"build", recipe("r9.yaml", "  OEM: {}\n"), "-o", w("afile", "x")}, 2, "afile"},
 		{"slot mark-good of a slot the disk lacks", []string{"slot", "mark-good", disk, "USR-C"}, 2, `no such partition: "USR-C"`},
 		{"payload generate -o into a missing directory", []string{"payload", "generate", "--to", dir, "-o", filepath.Join(dir, "no-such-dir", "x.payload"), "--key", filepath.Join(dir, "rsa.key")}, 2, "no-such-dir: stat"},
+		// The tests' kiln is built as `make demo` builds it: without the KMS
+		// providers (make build has them; sign/kms_test.go tests those).
+		{"KMS key in a build without its provider", []string{"sign", badPayload, "--key", "awskms://localhost/alias/release"}, 2, "build tag kms_aws"},
 		{"verify --manifest missing", []string{"verify", disk, "--manifest", filepath.Join(dir, "missing.json"), "--key", ecPub}, 2, "missing.json: no such file"},
 		{"missing from: file", []string{"build", recipe("r2.yaml", "  OEM:\n    files: [{path: /x, from: nosuch.txt}]\n"), "-o", out("2")}, 2, "from nosuch.txt"},
 		{"path escaping the partition", []string{"build", recipe("r3.yaml", "  OEM:\n    files: [{path: /../../escape, content: x}]\n"), "-o", out("3")}, 2, `path escapes the root or is malformed: "/../../escape"`},
