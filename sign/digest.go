@@ -37,7 +37,16 @@ func SignDigest(s Signer, digest []byte) ([]byte, error) {
 	return ks.signDigest(digest)
 }
 
+// signDigest signs a SHA-256 digest: deterministically (RFC 6979) for an
+// ECDSA key in memory, through the SignerVerifier otherwise.
 func (s *keySigner) signDigest(digest []byte) ([]byte, error) {
+	if s.ecdsa != nil {
+		sig, err := s.ecdsa.Sign(nil, digest, crypto.SHA256)
+		if err != nil {
+			return nil, fmt.Errorf("sign: signing with %s: %w", s.name, err)
+		}
+		return sig, nil
+	}
 	sig, err := s.sv.SignMessage(nil, options.WithDigest(digest), options.WithCryptoSignerOpts(crypto.SHA256), options.WithContext(s.ctx))
 	if err != nil {
 		return nil, fmt.Errorf("sign: signing with %s: %w", s.name, err)

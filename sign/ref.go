@@ -3,6 +3,7 @@ package sign
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"errors"
 	"fmt"
 	"io"
@@ -142,7 +143,7 @@ func LoadSigner(ctx context.Context, ref string, passphrase func() ([]byte, erro
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnsupportedKey, ref, err)
 	}
-	return &keySigner{name: ref, sv: sv, pub: priv.Public(), ctx: ctx}, nil
+	return &keySigner{name: ref, sv: sv, pub: priv.Public(), ecdsa: asECDSA(priv), ctx: ctx}, nil
 }
 
 // LoadVerifier loads the public key ref names: a PEM file ("PUBLIC KEY"),
@@ -191,16 +192,29 @@ func NewSigner(priv crypto.Signer, name string) (Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
 	}
-	return &keySigner{name: name, sv: sv, pub: priv.Public(), ctx: context.Background()}, nil
+	return &keySigner{name: name, sv: sv, pub: priv.Public(), ecdsa: asECDSA(priv), ctx: context.Background()}, nil
+}
+
+// asECDSA returns priv if it is an ECDSA key in memory, else nil.
+func asECDSA(priv crypto.Signer) *ecdsa.PrivateKey {
+	k, _ := priv.(*ecdsa.PrivateKey)
+	return k
 }
 
 // keySigner signs with a sigstore SignerVerifier: a key in memory or a KMS
-// key.
+// key. Every signature a key in memory makes is a function of the key and
+// the message, so that a signed build is bit-identical to its rebuild:
+// RSA PKCS #1 v1.5 and Ed25519 are deterministic by construction, and an
+// ECDSA key in memory signs with RFC 6979 nonces (crypto/ecdsa with no
+// random source), not through sigstore, whose ECDSA signer always draws a
+// random nonce. A KMS signs as its service does (AWS, Google and Azure
+// ECDSA signatures are randomized).
 type keySigner struct {
-	name string
-	sv   signature.SignerVerifier
-	pub  crypto.PublicKey // nil until fetched, for a KMS key
-	ctx  context.Context
+	name  string
+	sv    signature.SignerVerifier
+	pub   crypto.PublicKey  // nil until fetched, for a KMS key
+	ecdsa *ecdsa.PrivateKey // set for an ECDSA key in memory
+	ctx   context.Context
 }
 
 func (s *keySigner) String() string { return s.name }
@@ -237,12 +251,10 @@ func (s *keySigner) Sign(r io.Reader) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sig []byte
 	if m.digest != nil {
-		sig, err = s.sv.SignMessage(nil, options.WithDigest(m.digest), options.WithCryptoSignerOpts(crypto.SHA256), options.WithContext(s.ctx))
-	} else {
-		sig, err = s.sv.SignMessage(m.reader(), options.WithContext(s.ctx))
+		return s.signDigest(m.digest)
 	}
+	sig, err := s.sv.SignMessage(m.reader(), options.WithContext(s.ctx))
 	if err != nil {
 		return nil, fmt.Errorf("sign: signing with %s: %w", s.name, err)
 	}

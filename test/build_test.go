@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -426,5 +427,59 @@ func TestBuildJSONSummary(t *testing.T) {
 	}
 	if r.stderr != "" {
 		t.Errorf("--json build printed to stderr: %q", r.stderr)
+	}
+}
+
+// TestBuildReproducibleSigned: a signed build is bit-identical to its
+// rebuild with every key type kiln makes (the slot's release record inside
+// disk.img carries the signature, so one random ECDSA nonce would change
+// the disk and manifest.json.sig), and so is a `kiln sign` of one file.
+// openssl checks each ECDSA and RSA signature.
+func TestBuildReproducibleSigned(t *testing.T) {
+	dir := t.TempDir()
+	usr := filepath.Join(dir, "usr")
+	os.MkdirAll(filepath.Join(usr, "bin"), 0o755)
+	os.WriteFile(filepath.Join(usr, "bin", "hello"), []byte("#!/bin/sh\necho hello\n"), 0o755)
+	recipe := usrRecipe(t, dir, "dir:"+usr, "ext4")
+	env := []string{"SOURCE_DATE_EPOCH=1700000000"}
+	for _, typ := range []string{"rsa-2048", "rsa-3072", "ecdsa-p256", "ed25519"} {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			key := filepath.Join(dir, typ)
+			mustRun(t, kiln, "keygen", "--type", typ, "-o", key)
+			var outs []string
+			for i := range 2 {
+				out := filepath.Join(dir, fmt.Sprintf("%s-%d", typ, i))
+				if r := kilnEnv(t, env, "build", "-q", recipe, "-o", out, "--sign", key+".key"); r.code != 0 {
+					t.Fatalf("build: %s", r.stderr)
+				}
+				outs = append(outs, out)
+			}
+			for _, f := range []string{"disk.img", "usr.img", "manifest.json", "manifest.json.sig"} {
+				if r := run(t, "cmp", filepath.Join(outs[0], f), filepath.Join(outs[1], f)); r.code != 0 {
+					t.Errorf("%s differs between two signed builds: %s", f, r.stdout)
+				}
+			}
+			file := filepath.Join(dir, typ+".txt")
+			os.WriteFile(file, []byte("release notes\n"), 0o644)
+			var sigs [][]byte
+			for range 2 {
+				mustRun(t, kiln, "sign", file, "--key", key+".key")
+				b, err := os.ReadFile(file + ".sig")
+				if err != nil {
+					t.Fatal(err)
+				}
+				sigs = append(sigs, b)
+			}
+			if !bytes.Equal(sigs[0], sigs[1]) {
+				t.Errorf("kiln sign gave two signatures for one file: %q, %q", sigs[0], sigs[1])
+			}
+			if typ == "ed25519" {
+				return
+			}
+			raw := filepath.Join(dir, typ+".sig.bin")
+			mustRun(t, "sh", "-c", "base64 -d "+filepath.Join(outs[0], "manifest.json.sig")+" > "+raw)
+			mustRun(t, "openssl", "dgst", "-sha256", "-verify", key+".pub", "-signature", raw, filepath.Join(outs[0], "manifest.json"))
+		})
 	}
 }
