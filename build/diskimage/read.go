@@ -29,28 +29,12 @@ type virtualDisk interface {
 // ErrFormat for a malformed image and ErrUnsupported for a feature kiln
 // does not read.
 func Open(r io.ReaderAt, size int64) (*Image, error) {
-	f, err := Detect(r, size)
+	f, err := probe(r, size)
 	if err != nil {
 		return nil, err
 	}
 	im := &Image{Format: f}
-	switch f {
-	case Raw:
-		im.VirtualSize, im.d = size, rawDisk{r}
-	case QCOW2, QCOW2Zstd:
-		im.VirtualSize, im.d, err = openQCOW2(r, size, f)
-	case VMDK, VMDKSparse:
-		im.VirtualSize, im.d, err = openVMDK(r, size, f)
-	case VHD, VHDDynamic:
-		im.VirtualSize, im.d, err = openVHD(r, size, f)
-	case VHDX:
-		im.VirtualSize, im.d, err = openVHDX(r, size)
-	case RawZstd:
-		im.VirtualSize, im.d, err = openZstd(r, size)
-	case RawXZ:
-		im.VirtualSize, im.d, err = openXZ(r, size)
-	}
-	if err != nil {
+	if im.VirtualSize, im.d, err = openFormat(r, size, f); err != nil {
 		return nil, err
 	}
 	return im, nil
@@ -142,16 +126,33 @@ func readFull(r io.ReaderAt, size int64, f Format, p []byte, off int64, what str
 	return fmt.Errorf("diskimage: %s: reading %s at %d: %w", f, what, off, err)
 }
 
-// tableCache keeps the tables (L2, grain tables, ...) read so far, by
-// file offset; a few MiB per TiB of disk.
+// maxTableCache bounds the bytes of tables (L2 tables, grain tables,
+// pages of L1 tables, grain directories and BATs) one image keeps: a
+// hostile image can point its tables anywhere in a sparse file, and
+// reading its whole disk must not keep them all.
+const maxTableCache = 32 << 20
+
+// tablePage is how much of a large table (a qcow2 L1 table, a VMDK grain
+// directory, a VHD BAT) is read at once: tables are read as they are
+// used, never whole, so a table that claims gigabytes costs nothing until
+// its entries are read.
+const tablePage = 64 << 10
+
+type tableKey struct{ off, n int64 }
+
+// tableCache keeps pieces of the file's tables read so far, by file offset
+// and length, up to maxTableCache bytes (pieces are dropped, any of them,
+// to make room).
 type tableCache struct {
-	mu sync.Mutex
-	m  map[int64][]uint64
+	mu    sync.Mutex
+	m     map[tableKey][]byte
+	bytes int64
 }
 
-func (c *tableCache) get(off int64, load func() ([]uint64, error)) ([]uint64, error) {
+func (c *tableCache) get(off, n int64, load func() ([]byte, error)) ([]byte, error) {
+	k := tableKey{off, n}
 	c.mu.Lock()
-	t, ok := c.m[off]
+	t, ok := c.m[k]
 	c.mu.Unlock()
 	if ok {
 		return t, nil
@@ -161,12 +162,62 @@ func (c *tableCache) get(off int64, load func() ([]uint64, error)) ([]uint64, er
 		return nil, err
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.m == nil {
-		c.m = map[int64][]uint64{}
+		c.m = map[tableKey][]byte{}
 	}
-	c.m[off] = t
-	c.mu.Unlock()
+	if _, ok := c.m[k]; ok {
+		return t, nil
+	}
+	for old, b := range c.m {
+		if c.bytes+n <= maxTableCache {
+			break
+		}
+		delete(c.m, old)
+		c.bytes -= int64(len(b))
+	}
+	c.m[k] = t
+	c.bytes += n
 	return t, nil
+}
+
+// tableReader reads the tables of an image file through a bounded cache.
+type tableReader struct {
+	r     io.ReaderAt
+	size  int64
+	f     Format
+	cache tableCache
+}
+
+// read returns the n bytes at off (a whole small table, or one page of a
+// large one), which must lie inside the file.
+func (t *tableReader) read(off, n int64, what string) ([]byte, error) {
+	if off < 0 || n < 0 || off > t.size || n > t.size-off {
+		return nil, formatErr(t.f, off, "%s of %d bytes lies outside the %d-byte file", what, n, t.size)
+	}
+	return t.cache.get(off, n, func() ([]byte, error) {
+		b := make([]byte, n)
+		if err := readFull(t.r, t.size, t.f, b, off, what); err != nil {
+			return nil, err
+		}
+		return b, nil
+	})
+}
+
+// entry returns entry i of the table of entries entries of es bytes at
+// off, reading only the page of the table that holds it.
+func (t *tableReader) entry(off, entries, es, i int64, what string) ([]byte, error) {
+	if i < 0 || i >= entries {
+		return nil, fmt.Errorf("diskimage: %s: entry %d of %s, which has %d", t.f, i, what, entries)
+	}
+	per := tablePage / es
+	page := i / per
+	n := min(per, entries-page*per) * es
+	b, err := t.read(off+page*tablePage, n, what)
+	if err != nil {
+		return nil, err
+	}
+	return b[(i%per)*es:][:es], nil
 }
 
 // chunk is one independently compressed piece of a compressed raw image.

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/kiln-os/kiln/layout"
 )
 
 // VHDFooter is a VHD footer's fields, as the specification names them.
@@ -51,14 +53,15 @@ func ParseVHDFooter(b []byte) (*VHDFooter, error) {
 }
 
 type vhdReader struct {
-	r          io.ReaderAt
-	size       int64
-	f          Format
+	t          tableReader
 	blockSize  int64
 	bitmapSize int64
-	bat        []uint32
+	batOff     int64
+	entries    int64 // the BAT entries read: those that map the disk
 }
 
+// openVHD checks a VHD's footer (and a dynamic VHD's header) against the
+// file's size; the BAT is read a page at a time, as it is used.
 func openVHD(r io.ReaderAt, size int64, f Format) (int64, virtualDisk, error) {
 	if size < 2*vhdFooterSize {
 		return 0, nil, formatErr(f, 0, "a %d-byte file", size)
@@ -104,41 +107,38 @@ func openVHD(r io.ReaderAt, size int64, f Format) (int64, virtualDisk, error) {
 	if !bytes.HasPrefix(h, []byte("cxsparse")) || vhdChecksum(c) != sum {
 		return 0, nil, formatErr(f, hoff, "dynamic disk header cookie or checksum")
 	}
-	v := &vhdReader{r: r, size: size, f: f, blockSize: int64(be.Uint32(h[32:]))}
+	v := &vhdReader{t: tableReader{r: r, size: size, f: f}, blockSize: int64(be.Uint32(h[32:]))}
 	if v.blockSize < 4096 || v.blockSize > 256<<20 || v.blockSize&(v.blockSize-1) != 0 {
 		return 0, nil, formatErr(f, hoff+32, "block size %d", v.blockSize)
 	}
 	v.bitmapSize = roundUp(v.blockSize/512/8, 512)
-	entries := int64(be.Uint32(h[28:]))
-	if entries < (vsize+v.blockSize-1)/v.blockSize {
-		return 0, nil, formatErr(f, hoff+28, "%d BAT entries for %d bytes", entries, vsize)
+	v.entries = (vsize + v.blockSize - 1) / v.blockSize
+	if maxEntries := int64(be.Uint32(h[28:])); maxEntries < v.entries {
+		return 0, nil, formatErr(f, hoff+28, "Max Table Entries %d for %d bytes in blocks of %d, which need %d", maxEntries, vsize, v.blockSize, v.entries)
 	}
-	entries = (vsize + v.blockSize - 1) / v.blockSize
 	tableOff := be.Uint64(h[16:])
-	if tableOff > uint64(size) || entries*4 > size-int64(tableOff) {
-		return 0, nil, formatErr(f, hoff+16, "BAT of %d entries at %d, past the end of the file", entries, tableOff)
+	if tableOff > uint64(size) || v.entries*4 > size-int64(tableOff) {
+		return 0, nil, formatErr(f, hoff+16, "a BAT of %d entries (%s) at %d runs past the end of the %d-byte file", v.entries, layout.HumanSize(v.entries*4), tableOff, size)
 	}
-	bat := make([]byte, entries*4)
-	if err := readFull(r, size, f, bat, int64(tableOff), "the BAT"); err != nil {
-		return 0, nil, err
-	}
-	for i := range entries {
-		v.bat = append(v.bat, be.Uint32(bat[i*4:]))
-	}
+	v.batOff = int64(tableOff)
 	return vsize, &blockDisk{bs: v.blockSize, read: v.readBlock}, nil
 }
 
 // readBlock reads p at off inside block i: the sectors its bitmap marks,
 // zeros for the others.
 func (v *vhdReader) readBlock(i, off int64, p []byte) error {
-	e := v.bat[i]
+	b, err := v.t.entry(v.batOff, v.entries, 4, i, "the BAT")
+	if err != nil {
+		return err
+	}
+	e := binary.BigEndian.Uint32(b)
 	if e == vhdUnused {
 		clear(p)
 		return nil
 	}
 	at := int64(e) * 512
 	bitmap := make([]byte, v.bitmapSize)
-	if err := readFull(v.r, v.size, v.f, bitmap, at, "a block bitmap"); err != nil {
+	if err := readFull(v.t.r, v.t.size, v.t.f, bitmap, at, "a block bitmap"); err != nil {
 		return err
 	}
 	present := func(s int64) bool { return bitmap[s/8]&(0x80>>(s%8)) != 0 }
@@ -151,7 +151,7 @@ func (v *vhdReader) readBlock(i, off int64, p []byte) error {
 		}
 		if !set {
 			clear(p[:n])
-		} else if err := readFull(v.r, v.size, v.f, p[:n], at+v.bitmapSize+off, "a block"); err != nil {
+		} else if err := readFull(v.t.r, v.t.size, v.t.f, p[:n], at+v.bitmapSize+off, "a block"); err != nil {
 			return err
 		}
 		p, off = p[n:], off+n

@@ -11,12 +11,16 @@ import (
 )
 
 type vhdxReader struct {
-	r          io.ReaderAt
-	size       int64
+	t          tableReader
 	blockSize  int64
 	chunkRatio int64
 	batOff     int64
+	batEntries int64
 }
+
+// vhdxMetaTableMax is the metadata table's largest size: a 32-byte
+// header and 2047 entries of 32 bytes (qemu's VHDX_METADATA_TABLE_MAX_SIZE).
+const vhdxMetaTableMax = 32 + 2047*32
 
 // vhdxHeader reads the current header: the valid one (signature, CRC-32C,
 // version 1) with the higher sequence number.
@@ -91,29 +95,42 @@ func openVHDX(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 	if batLen == 0 || metaLen < vhdxMetaItems || metaLen > 256<<20 {
 		return 0, nil, formatErr(VHDX, vhdxRegion1, "BAT or metadata region missing")
 	}
-	if metaOff < 0 || metaOff > size || metaLen > size-metaOff {
-		return 0, nil, formatErr(VHDX, vhdxRegion1, "metadata region past the end of the file")
+	for _, rg := range []struct {
+		name     string
+		off, len int64
+	}{{"BAT", batOff, batLen}, {"metadata", metaOff, metaLen}} {
+		if rg.off < vhdxMiB || rg.off%vhdxMiB != 0 || rg.len%vhdxMiB != 0 {
+			return 0, nil, formatErr(VHDX, vhdxRegion1, "%s region of %d bytes at %d, not on 1 MiB boundaries", rg.name, rg.len, rg.off)
+		}
 	}
-	meta := make([]byte, metaLen)
-	if err := readFull(r, size, VHDX, meta, metaOff, "the metadata region"); err != nil {
+	if metaOff > size || metaLen > size-metaOff {
+		return 0, nil, formatErr(VHDX, vhdxRegion1, "metadata region of %d bytes at %d past the end of the %d-byte file", metaLen, metaOff, size)
+	}
+	// The metadata table, then the items kiln reads, each alone: never
+	// the whole region.
+	var th [32]byte
+	if err := readFull(r, size, VHDX, th[:], metaOff, "the metadata table header"); err != nil {
 		return 0, nil, err
 	}
-	if !bytes.HasPrefix(meta, []byte("metadata")) {
+	if !bytes.HasPrefix(th[:], []byte("metadata")) {
 		return 0, nil, formatErr(VHDX, metaOff, "no metadata table")
 	}
-	items := map[layout.GUID][]byte{}
-	n := int64(le.Uint16(meta[10:]))
+	n := int64(le.Uint16(th[10:]))
 	if n > 2047 {
-		return 0, nil, formatErr(VHDX, metaOff+10, "%d metadata entries", n)
+		return 0, nil, formatErr(VHDX, metaOff+10, "%d metadata entries (at most 2047)", n)
 	}
+	table := make([]byte, 32+n*32)
+	if err := readFull(r, size, VHDX, table, metaOff, "the metadata table"); err != nil {
+		return 0, nil, err
+	}
+	items := map[layout.GUID][]byte{}
 	for i := range n {
-		e := meta[32+i*32:]
+		e := table[32+i*32:]
 		off, length := int64(le.Uint32(e[16:])), int64(le.Uint32(e[20:]))
 		if off < vhdxMetaItems || off+length > metaLen {
 			return 0, nil, formatErr(VHDX, metaOff+32+i*32, "metadata item outside its region")
 		}
 		g := guidFromMS(e[:16])
-		items[g] = meta[off : off+length]
 		if le.Uint32(e[24:])&4 != 0 { // required
 			switch g {
 			case vhdxFileParameters, vhdxVirtualSize, vhdxPage83, vhdxLogicalSize, vhdxPhysicalSize:
@@ -121,12 +138,21 @@ func openVHDX(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 				return 0, nil, fmt.Errorf("%w: a VHDX with the required metadata item %s (a differencing disk?)", ErrUnsupported, g)
 			}
 		}
+		switch g {
+		case vhdxFileParameters, vhdxVirtualSize, vhdxLogicalSize:
+			// Items of 8 bytes or fewer; a longer one is read in part.
+			item := make([]byte, min(length, 8))
+			if err := readFull(r, size, VHDX, item, metaOff+off, "a metadata item"); err != nil {
+				return 0, nil, err
+			}
+			items[g] = item
+		}
 	}
 	params, vs, ls := items[vhdxFileParameters], items[vhdxVirtualSize], items[vhdxLogicalSize]
 	if len(params) < 8 || len(vs) < 8 || len(ls) < 4 {
 		return 0, nil, formatErr(VHDX, metaOff, "file parameters, virtual disk size or logical sector size missing")
 	}
-	v := &vhdxReader{r: r, size: size, blockSize: int64(le.Uint32(params)), batOff: batOff}
+	v := &vhdxReader{t: tableReader{r: r, size: size, f: VHDX}, blockSize: int64(le.Uint32(params)), batOff: batOff}
 	if le.Uint32(params[4:])&2 != 0 {
 		return 0, nil, fmt.Errorf("%w: a differencing VHDX", ErrUnsupported)
 	}
@@ -143,25 +169,30 @@ func openVHDX(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 	}
 	v.chunkRatio = (1 << 23) * logical / v.blockSize
 	blocks := (vsize + v.blockSize - 1) / v.blockSize
-	if entries := blocks + (blocks-1)/v.chunkRatio; entries*8 > batLen || batOff+entries*8 > size {
-		return 0, nil, formatErr(VHDX, batOff, "a BAT of %d bytes for %d blocks", batLen, blocks)
+	v.batEntries = blocks + (blocks-1)/v.chunkRatio
+	if v.batEntries*8 > batLen {
+		return 0, nil, formatErr(VHDX, vhdxRegion1, "a BAT region of %d bytes for %d blocks, which need %d entries", batLen, blocks, v.batEntries)
+	}
+	if batOff > size || v.batEntries*8 > size-batOff {
+		return 0, nil, formatErr(VHDX, vhdxRegion1, "a BAT of %d entries (%s) at %d runs past the end of the %d-byte file", v.batEntries, layout.HumanSize(v.batEntries*8), batOff, size)
 	}
 	return vsize, &blockDisk{bs: v.blockSize, read: v.readBlock}, nil
 }
 
 func (v *vhdxReader) readBlock(i, off int64, p []byte) error {
-	var e [8]byte
-	at := v.batOff + (i+i/v.chunkRatio)*8
-	if err := readFull(v.r, v.size, VHDX, e[:], at, "a BAT entry"); err != nil {
+	k := i + i/v.chunkRatio
+	e, err := v.t.entry(v.batOff, v.batEntries, 8, k, "the BAT")
+	if err != nil {
 		return err
 	}
-	entry := binary.LittleEndian.Uint64(e[:])
+	at := v.batOff + k*8
+	entry := binary.LittleEndian.Uint64(e)
 	switch entry & 7 {
 	case 0, 1, 2, 3: // not present, undefined, zero, unmapped: zeros on a disk with no parent
 		clear(p)
 		return nil
 	case 6: // fully present
-		return readFull(v.r, v.size, VHDX, p, int64(entry>>20)<<20+off, "a payload block")
+		return readFull(v.t.r, v.t.size, VHDX, p, int64(entry>>20)<<20+off, "a payload block")
 	}
 	return formatErr(VHDX, at, "block %d in state %d", i, entry&7)
 }
