@@ -195,6 +195,9 @@ func TestOpenReadsWhatWriteWrote(t *testing.T) {
 	fixture(t, raw, 40<<20+3*512, 3)
 	want, _ := os.ReadFile(raw)
 	for _, f := range Formats() {
+		if f == GCE || f == OVA {
+			continue // archives, which Open does not read: TestGCEByGNUTar and TestOVA read them
+		}
 		t.Run(f.String(), func(t *testing.T) {
 			out := filepath.Join(dir, f.FileName()+".out")
 			res := convert(t, raw, out, f, Options{})

@@ -1,7 +1,8 @@
 // Package diskimage converts a sparse raw disk image into the formats that
 // hypervisors, clouds and downloads take: qcow2 (QEMU/KVM, OpenStack,
-// KubeVirt), VMDK (vSphere, OVA), VHD (Azure, Hyper-V), VHDX (Hyper-V) and
-// compressed raw (.zst, .xz). One writer per format, in Go.
+// KubeVirt), VMDK (vSphere, OVA), VHD (Azure, Hyper-V), VHDX (Hyper-V),
+// compressed raw (.zst, .xz), GCE's tar.gz and OVA. One writer per format,
+// in Go.
 //
 // Every writer streams from the raw image: the raw image's holes are found
 // with SEEK_DATA/SEEK_HOLE and never read, data is read in fixed-size
@@ -54,6 +55,12 @@ const (
 	// RawXZ is the raw image compressed with xz: one stream of
 	// independent 8 MiB blocks (as xz -T writes), compressed on every core.
 	RawXZ
+	// GCE is the raw image as GCE imports it: disk.raw, sparse, in a
+	// gzip-compressed GNU (oldgnu) tar.
+	GCE
+	// OVA is an OVF package in a ustar archive: the OVF descriptor (UEFI
+	// firmware), the streamOptimized VMDK, a SHA-256 manifest.
+	OVA
 	numFormats
 )
 
@@ -70,6 +77,8 @@ var formatInfo = [numFormats]struct {
 	VHDX:       {"vhdx", "disk.vhdx", "vhdx"},
 	RawZstd:    {"raw.zst", "disk.img.zst", ""},
 	RawXZ:      {"raw.xz", "disk.img.xz", ""},
+	GCE:        {"gce", "disk.tar.gz", ""},
+	OVA:        {"ova", "disk.ova", ""},
 }
 
 // Formats returns every format, in order.
@@ -99,7 +108,8 @@ func (f Format) FileName() string {
 }
 
 // QEMUFormat returns the name qemu-img gives the format ("vpc" for VHD),
-// or "" for the compressed raw formats, which QEMU does not read.
+// or "" for the compressed raw formats and the archives (gce, ova), which
+// QEMU does not read.
 func (f Format) QEMUFormat() string {
 	if f < numFormats {
 		return formatInfo[f].qemu

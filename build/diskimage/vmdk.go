@@ -168,9 +168,17 @@ func writeVMDKSparse(ctx context.Context, dst io.WriterAt, src *Source, o Option
 // a marker after its grains, the GD, the footer and the end-of-stream
 // marker.
 func writeVMDKStream(ctx context.Context, dst io.WriterAt, src *Source, o Options) (int64, error) {
+	size, _, err := writeVMDKStreamGrains(ctx, dst, src, o)
+	return size, err
+}
+
+// writeVMDKStreamGrains is writeVMDKStream that also returns how many
+// grains it stored (those that are not all zeros): an OVF descriptor's
+// populated size.
+func writeVMDKStreamGrains(ctx context.Context, dst io.WriterAt, src *Source, o Options) (size, grains int64, err error) {
 	capacity, err := vmdkCapacity(src)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	numGTs := (capacity + vmdkGrainSectors*vmdkGTEs - 1) / (vmdkGrainSectors * vmdkGTEs)
 	overhead := uint64(vmdkGrainSectors) // header and descriptor, padded to a grain
@@ -241,6 +249,7 @@ func writeVMDKStream(ctx context.Context, dst io.WriterAt, src *Source, o Option
 				return ErrTooLarge
 			}
 			gt[g%vmdkGTEs] = uint32(sector)
+			grains++
 			if _, err := out.Write(b.out[u]); err != nil {
 				return err
 			}
@@ -248,43 +257,43 @@ func writeVMDKStream(ctx context.Context, dst io.WriterAt, src *Source, o Option
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := flushGT(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	gdSectors := (numGTs*4 + 511) / 512
 	if err := marker(vmdkMarkerGD, gdSectors); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	gdOffset := uint64(out.pos() / 512)
 	if _, err := out.Write(le32s(dir, int(gdSectors*512))); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	h := vmdkHeader{version: 3, flags: vmdkFlagNewline | vmdkFlagCompress | vmdkFlagMarkers, capacity: capacity,
 		gdOffset: gdOffset, overhead: overhead, compress: vmdkDeflate}
 	if err := marker(vmdkMarkerFooter, 1); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if _, err := out.Write(h.bytes()); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := marker(vmdkMarkerEOS, 0); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	size := out.pos()
+	size = out.pos()
 	if err := out.flush(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	desc, err := vmdkDescriptor(id, "streamOptimized", capacity, o.Name)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	h.gdOffset = vmdkGDAtEnd
 	if _, err := out.WriteAt(append(h.bytes(), desc...), 0); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return size, nil
+	return size, grains, nil
 }
 
 // le32s encodes v little-endian into size bytes (zero-padded).

@@ -51,7 +51,7 @@ type Result struct {
 // image of size bytes.
 func VirtualSize(f Format, size int64) int64 {
 	switch f {
-	case QCOW2, QCOW2Zstd, VMDK, VMDKSparse, VHDX:
+	case QCOW2, QCOW2Zstd, VMDK, VMDKSparse, VHDX, OVA:
 		return roundUp(size, 512)
 	case VHD, VHDDynamic:
 		return VHDSize(size)
@@ -91,6 +91,10 @@ func Write(ctx context.Context, dst io.WriterAt, src *Source, f Format, o Option
 		size, err = writeZstd(ctx, dst, src, o)
 	case RawXZ:
 		size, err = writeXZ(ctx, dst, src, o)
+	case GCE:
+		size, err = writeGCE(ctx, dst, src, o)
+	case OVA:
+		size, err = writeOVA(ctx, dst, src, o)
 	default:
 		return nil, fmt.Errorf("%w %s", ErrUnknownFormat, f)
 	}
