@@ -93,8 +93,10 @@ func zstdFrameLen(b []byte) (int, error) {
 	return n, nil
 }
 
-// posReader counts the bytes read from a buffered reader.
+// posReader counts the bytes read from a buffered reader; skips past
+// what it holds are seeks, never reads: a frame's blocks may be holes.
 type posReader struct {
+	sr  *io.SectionReader
 	r   *bufio.Reader
 	pos int64
 }
@@ -106,14 +108,39 @@ func (p *posReader) full(b []byte) error {
 }
 
 func (p *posReader) skip(n int64) error {
-	for n > 0 {
-		k := int(min(n, 1<<30))
-		d, err := p.r.Discard(k)
+	if n < 0 || n > p.sr.Size()-p.pos {
+		return io.ErrUnexpectedEOF
+	}
+	if n <= int64(p.r.Buffered()) {
+		d, err := p.r.Discard(int(n))
 		p.pos += int64(d)
-		if err != nil {
-			return err
-		}
-		n -= int64(k)
+		return err
+	}
+	p.pos += n
+	if _, err := p.sr.Seek(p.pos, io.SeekStart); err != nil {
+		return err
+	}
+	p.r.Reset(p.sr)
+	return nil
+}
+
+// Bounds on the chunks of a compressed raw image, so that the index of a
+// hostile file (many tiny frames, or frames of empty blocks read from its
+// holes) costs neither memory nor time out of proportion to the disk it
+// holds: past maxSmallChunks chunks, they must average minChunkAverage
+// bytes of disk (kiln writes 4 MiB zstd frames and 8 MiB xz blocks).
+const (
+	maxSmallChunks  = 1 << 16
+	minChunkAverage = 1 << 20
+	// maxXZIndex bounds the xz index read whole: about 2 million blocks,
+	// 16 TiB of kiln's 8 MiB blocks.
+	maxXZIndex = 16 << 20
+)
+
+// checkChunks refuses a chunk count out of proportion to the disk.
+func checkChunks(f Format, n int, disk int64) error {
+	if n > maxSmallChunks && disk/int64(n) < minChunkAverage {
+		return fmt.Errorf("%w: %s: %d chunks holding %d bytes of disk (kiln reads chunks of %d bytes or more on average past %d chunks)", ErrUnsupported, f, n, disk, minChunkAverage, maxSmallChunks)
 	}
 	return nil
 }
@@ -123,7 +150,8 @@ func (p *posReader) skip(n int64) error {
 // passed over.
 func openZstd(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 	d := &chunkedDisk{r: r, size: size, format: RawZstd}
-	p := &posReader{r: bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 1<<16)}
+	sr := io.NewSectionReader(r, 0, size)
+	p := &posReader{sr: sr, r: bufio.NewReaderSize(sr, 1<<16)}
 	var disk int64
 	for p.pos < size {
 		start := p.pos
@@ -147,7 +175,14 @@ func openZstd(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 		if err := p.skip(int64(n)); err != nil {
 			return 0, nil, err
 		}
-		for {
+		// A frame's blocks regenerate at most 128 KiB each; empty ones
+		// (zeros read from a hole parse as empty raw blocks) are not
+		// counted on.
+		maxBlocks := usize/1024 + 16
+		for blocks := int64(0); ; blocks++ {
+			if blocks > maxBlocks {
+				return 0, nil, fmt.Errorf("%w: a zstd frame at byte %#x of %d bytes in more than %d blocks", ErrUnsupported, start, usize, maxBlocks)
+			}
 			var bh [3]byte
 			if err := p.full(bh[:]); err != nil {
 				return 0, nil, formatErr(RawZstd, p.pos, "truncated block header")
@@ -181,6 +216,9 @@ func openZstd(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 			d.chunks = append(d.chunks, chunk{cOff: start, cLen: p.pos - start, uOff: disk, uLen: usize})
 		}
 		disk += usize
+		if err := checkChunks(RawZstd, len(d.chunks), disk); err != nil {
+			return 0, nil, err
+		}
 	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*maxChunk))
 	if err != nil {
@@ -229,7 +267,10 @@ func openXZ(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 	}
 	indexSize := (int64(le.Uint32(foot[4:])) + 1) * 4
 	if indexSize > size-24 {
-		return 0, nil, formatErr(RawXZ, size-8, "index of %d bytes", indexSize)
+		return 0, nil, formatErr(RawXZ, size-8, "index of %d bytes in a %d-byte file", indexSize, size)
+	}
+	if indexSize > maxXZIndex {
+		return 0, nil, fmt.Errorf("%w: an xz index of %d bytes (kiln reads indexes up to %d)", ErrUnsupported, indexSize, maxXZIndex)
 	}
 	idx := make([]byte, indexSize)
 	indexOff := size - 12 - indexSize
@@ -263,6 +304,12 @@ func openXZ(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 		d.chunks = append(d.chunks, chunk{cOff: cOff, cLen: int64(unpadded), uOff: disk, uLen: int64(usize)})
 		cOff += roundUp(int64(unpadded), 4)
 		disk += int64(usize)
+		if cOff > indexOff {
+			return 0, nil, formatErr(RawXZ, indexOff, "the index's blocks run past it, to %d", cOff)
+		}
+		if err := checkChunks(RawXZ, len(d.chunks), disk); err != nil {
+			return 0, nil, err
+		}
 	}
 	if !allZeros(b) || len(b) > 3 {
 		return 0, nil, formatErr(RawXZ, indexOff, "index padding")
