@@ -92,6 +92,10 @@ boot-demo: bin/kiln
 
 # Installs the Debian tools the tests use when one is missing, then runs
 # every test (the end-to-end ones in test/ run those tools on kiln's output).
+# The oras CLI (a generic OCI client the registry tests pull kiln's
+# artifacts with) is built once from the Go module proxy into the cache.
+ORAS_VERSION := v1.3.6
+ORAS         := $(KILN_CACHE)/oras-$(ORAS_VERSION)/oras
 deps:
 	@missing=""; for tp in $(TOOLS); do t=$${tp%%:*}; p=$${tp#*:}; \
 	  [ -e "$$t" ] || command -v $$t >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -102,6 +106,8 @@ deps:
 	@/usr/bin/python3 -c 'import google.protobuf' 2>/dev/null || { echo "installing: python3-protobuf"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-protobuf >/dev/null; }
 	@$(MAKE) --no-print-directory paycheck
+	@[ -x $(ORAS) ] || { echo "building oras $(ORAS_VERSION) into $(dir $(ORAS))"; \
+	  GOBIN=$(dir $(ORAS)) CGO_ENABLED=0 GOFLAGS=-buildvcs=false $(GO) install oras.land/oras/cmd/oras@$(ORAS_VERSION); }
 
 # paycheck: update_engine's scripts/ in $(PAYCHECK_DIR), checked against the
 # pin: from the pinned copy beside the project ($(UPDATE_ENGINE_COPY), the
@@ -142,7 +148,7 @@ FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity
 FUZZTIME ?= 8s
 
 test: deps
-	KILN_PAYCHECK=$(PAYCHECK_DIR)/scripts/paycheck.py KILN_PAYCHECK_UNAVAILABLE="$$(cat $(PAYCHECK_DIR).unavailable 2>/dev/null)" PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 -timeout 40m ./...
+	KILN_ORAS=$(ORAS) KILN_PAYCHECK=$(PAYCHECK_DIR)/scripts/paycheck.py KILN_PAYCHECK_UNAVAILABLE="$$(cat $(PAYCHECK_DIR).unavailable 2>/dev/null)" PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 -timeout 40m ./...
 	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f#*:}; \
 	  echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
 	  log=$$(mktemp -t kiln-fuzz.XXXXXX) || exit 1; $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x $$pkg >"$$log" 2>&1 || { cat "$$log"; rm -f "$$log"; exit 1; }; tail -n 1 "$$log"; rm -f "$$log"; \

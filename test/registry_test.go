@@ -44,6 +44,7 @@ type pushedJSON struct {
 	Uploaded  int64  `json:"uploaded_bytes"`
 	Blobs     []struct {
 		Name      string `json:"name"`
+		Title     string `json:"title"`
 		MediaType string `json:"media_type"`
 		Digest    string `json:"digest"`
 		Size      int64  `json:"size"`
@@ -166,12 +167,14 @@ func TestRegistryPushPullRoundTrip(t *testing.T) {
 				t.Errorf("annotation %s = %q, want %q", k, m.Annotations[k], v)
 			}
 		}
+		// Titled with what the blob is (a generic client writes that
+		// file); a compressed one names its file in vnd.kiln.file.
 		types := map[string]string{}
 		for _, l := range m.Layers {
-			types[l.Annotations["org.opencontainers.image.title"]] = l.MediaType
+			types[l.Annotations["org.opencontainers.image.title"]] = l.MediaType + " " + l.Annotations["vnd.kiln.file"]
 		}
-		wantTypes := map[string]string{"disk.img": "application/vnd.kiln.disk.raw+zstd", "usr.img": "application/vnd.kiln.partition.raw+zstd",
-			"usr.blockmap.json": "application/vnd.kiln.blockmap.v1+json", "manifest.json": "application/vnd.kiln.manifest.v1+json"}
+		wantTypes := map[string]string{"disk.img.zst": "application/vnd.kiln.disk.raw+zstd disk.img", "usr.img.zst": "application/vnd.kiln.partition.raw+zstd usr.img",
+			"usr.blockmap.json": "application/vnd.kiln.blockmap.v1+json ", "manifest.json": "application/vnd.kiln.manifest.v1+json "}
 		if fmt.Sprint(types) != fmt.Sprint(wantTypes) {
 			t.Errorf("layers %v, want %v", types, wantTypes)
 		}
@@ -281,12 +284,16 @@ func TestRegistryPullRefusesTampered(t *testing.T) {
 	for _, c := range []struct {
 		name, dir, key string
 		words          []string
+		// byOras: kiln push refuses the build (its manifest.json does not
+		// vouch for it), so it is pushed with oras, as an attacker with
+		// write access to the repository could.
+		byOras bool
 	}{
-		{"other key", out, other, []string{"manifest.json does not verify with", "does not verify"}},
-		{"manifest changed", changedManifest, key, []string{"manifest.json does not verify with"}},
-		{"disk changed", changedDisk, key, []string{"disk.img does not match the signed manifest.json", "digest USR-A"}},
-		{"signature of another file", otherSig, key, []string{"manifest.json does not verify with"}},
-		{"unsigned", unsigned, key, []string{"has no signature"}},
+		{"other key", out, other, []string{"manifest.json does not verify with", "does not verify"}, false},
+		{"manifest changed", changedManifest, key, []string{"manifest.json does not verify with"}, false},
+		{"disk changed", changedDisk, key, []string{"disk.img does not match the signed manifest.json", "digest USR-A"}, true},
+		{"signature of another file", otherSig, key, []string{"manifest.json does not verify with"}, false},
+		{"unsigned", unsigned, key, []string{"has no signature"}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// Each in its own repository: a signature is a referrer of
@@ -294,7 +301,13 @@ func TestRegistryPullRefusesTampered(t *testing.T) {
 			// re-signed builds have the signed build's manifest digest.
 			tag := strings.ReplaceAll(c.name, " ", "-")
 			ref := px.host + "/kiln/" + tag + ":1.0.0"
-			pushJSON(t, env, append([]string{c.dir, ref}, ca...)...)
+			if c.byOras {
+				expectFailure(t, env, 2, []string{"disk.img is not what manifest.json vouches for", "partition USR-A: digest", "nothing was pushed"},
+					append([]string{"push", c.dir, ref}, ca...)...)
+				orasPushBuild(t, reg, env, c.dir, ref)
+			} else {
+				pushJSON(t, env, append([]string{c.dir, ref}, ca...)...)
+			}
 			// Into a new directory: nothing is left; into an empty one:
 			// it stays empty.
 			fresh := filepath.Join(dir, "pull-"+tag)
@@ -575,8 +588,10 @@ func TestRegistryPullChecksConvertedImages(t *testing.T) {
 		{"unlisted", unlisted, []string{"disk.vhd is not listed in the signed manifest.json", "--format vhd"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			// kiln push refuses these (TestRegistryPushRefusesUnvouched);
+			// pushed with oras instead, kiln pull --key refuses them too.
 			ref := px.host + "/kiln/converted-" + c.name + ":1.0.0"
-			pushJSON(t, env, append([]string{c.dir, ref}, ca...)...)
+			orasPushBuild(t, reg, env, c.dir, ref)
 			fresh := filepath.Join(dir, "pull-"+c.name)
 			expectFailure(t, env, 1, append([]string{ref}, c.words...), append([]string{"pull", ref, "-o", fresh, "--key", key + ".pub"}, ca...)...)
 			absent(t, fresh)

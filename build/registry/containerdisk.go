@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kiln-os/kiln/internal/progress"
 )
 
 // KubeVirt's containerDisk convention: the disk under /disk/, readable by
@@ -48,9 +50,15 @@ func PushContainerDisk(ctx context.Context, dir, ref string, o PushOptions) (*Pu
 		}
 	}
 	epoch := time.Unix(b.manifest.SourceDateEpoch, 0).UTC()
-	l := tarLayer(filepath.Join(dir, disk.File), containerDiskDir+disk.File, epoch)
-	if err := l.describe(ctx); err != nil {
-		return nil, done(ctx, classify(ErrInput, err))
+	l, err := tarLayer(filepath.Join(dir, disk.File), containerDiskDir+disk.File, epoch)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.vouch(ctx, []*layer{l}, o.Progress); err != nil {
+		return nil, done(ctx, err)
+	}
+	if err := describe(ctx, []*layer{l}, progress.Or(o.Progress)); err != nil {
+		return nil, err
 	}
 	arch := o.Arch
 	if arch == "" {
@@ -79,10 +87,17 @@ func PushContainerDisk(ctx context.Context, dir, ref string, o PushOptions) (*Pu
 }
 
 // tarLayer is a gzip tar layer of one file, the file at path stored as
-// name (with its directory), owned by the containerDisk user.
-func tarLayer(path, name string, mtime time.Time) *layer {
-	l := &layer{name: filepath.Base(path), mediaType: ocispec.MediaTypeImageLayerGzip}
-	l.write = func(ctx context.Context, w io.Writer) (digest.Digest, int64, error) {
+// name (with its directory), owned by the containerDisk user. Its title
+// is the file's name + ".tar.gz" (what the blob is: `oras pull` writes
+// disk.qcow2.tar.gz, which `tar -xzf` unpacks to disk/disk.qcow2).
+func tarLayer(path, name string, mtime time.Time) (*layer, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, classify(ErrInput, err)
+	}
+	base := filepath.Base(path)
+	l := &layer{name: base, title: base + ".tar.gz", mediaType: ocispec.MediaTypeImageLayerGzip, size: st.Size()}
+	l.write = func(ctx context.Context, w io.Writer, read func(int64)) (digest.Digest, int64, error) {
 		f, err := os.Open(path)
 		if err != nil {
 			return "", 0, err
@@ -108,7 +123,11 @@ func tarLayer(path, name string, mtime time.Time) *layer {
 				return "", 0, fmt.Errorf("tar: %w", err)
 			}
 			if i == 1 {
-				if _, err := io.CopyBuffer(tw, &ctxReader{ctx, &sparseReader{f: f, size: st.Size()}}, make([]byte, 1<<20)); err != nil {
+				var src io.Reader = &ctxReader{ctx, &sparseReader{f: f, size: st.Size()}}
+				if read != nil {
+					src = &countReader{r: src, add: read}
+				}
+				if _, err := io.CopyBuffer(tw, src, make([]byte, 1<<20)); err != nil {
 					return "", 0, err
 				}
 			}
@@ -121,5 +140,5 @@ func tarLayer(path, name string, mtime time.Time) *layer {
 		}
 		return d.Digest(), cw.n, nil
 	}
-	return l
+	return l, nil
 }

@@ -25,6 +25,10 @@ const (
 	MediaTypeDisk = "application/vnd.kiln.disk."
 	// ZstdSuffix ends the media type of a blob compressed with zstd.
 	ZstdSuffix = "+zstd"
+	// ZstdExt ends the title of a blob compressed with zstd: the name a
+	// generic OCI client (oras pull) writes it under, which `zstd -d`
+	// turns into the file.
+	ZstdExt = ".zst"
 )
 
 // Annotations kiln sets, beside the standard org.opencontainers.image.*
@@ -38,6 +42,10 @@ const (
 	// a compressed layer's content once decompressed.
 	AnnotationUncompressedDigest = "vnd.kiln.uncompressed.digest"
 	AnnotationUncompressedSize   = "vnd.kiln.uncompressed.size"
+	// AnnotationFile is, on a layer whose title is not the file it
+	// restores (a compressed one: title disk.img.zst), the file's name:
+	// the name kiln pull writes it under, decompressed.
+	AnnotationFile = "vnd.kiln.file"
 	// AnnotationPayloadKind is "full" or "delta"; AnnotationPayloadFrom a
 	// delta's source version.
 	AnnotationPayloadKind = "vnd.kiln.payload.kind"
@@ -51,23 +59,28 @@ const (
 type DiskFormat struct {
 	Name string // "raw", "qcow2", …: the media type's last part
 	File string // its file name in a build directory
+	// Compressed says the file is a compressed stream (raw.zst, raw.xz),
+	// which push sends as it is; every other image is compressed with
+	// zstd for transport (unless Compression is None).
+	Compressed bool
 }
 
 // DiskFormats are the disk image formats push knows, raw first: the
-// names and files of `kiln convert` (build/diskimage). A converted image
-// is pushed as it is, compressed ones (raw.zst, raw.xz) included: only
-// the "+zstd" suffix means a compression for transport, undone by pull.
+// names and files of `kiln convert` (build/diskimage). The "+zstd" suffix
+// of a media type means a compression for transport, undone by pull; a
+// converted image that is a compressed stream itself (raw.zst, raw.xz) is
+// pushed as the file it is.
 var DiskFormats = []DiskFormat{
-	{"raw", "disk.img"},
-	{"qcow2", "disk.qcow2"},
-	{"qcow2-zstd", "disk-zstd.qcow2"},
-	{"vmdk", "disk.vmdk"},
-	{"vmdk-sparse", "disk-sparse.vmdk"},
-	{"vhd", "disk.vhd"},
-	{"vhd-dynamic", "disk-dynamic.vhd"},
-	{"vhdx", "disk.vhdx"},
-	{"raw.zst", "disk.img.zst"},
-	{"raw.xz", "disk.img.xz"},
+	{"raw", "disk.img", false},
+	{"qcow2", "disk.qcow2", false},
+	{"qcow2-zstd", "disk-zstd.qcow2", false},
+	{"vmdk", "disk.vmdk", false},
+	{"vmdk-sparse", "disk-sparse.vmdk", false},
+	{"vhd", "disk.vhd", false},
+	{"vhd-dynamic", "disk-dynamic.vhd", false},
+	{"vhdx", "disk.vhdx", false},
+	{"raw.zst", "disk.img.zst", true},
+	{"raw.xz", "disk.img.xz", true},
 }
 
 // diskFormat returns the format with the given name.
@@ -112,12 +125,13 @@ func knownLayer(mediaType string) bool {
 	return false
 }
 
-// Compression is how push stores a raw image (disk.img, usr.img).
+// Compression is how push stores the images (disk.img and every
+// converted image but raw.zst and raw.xz, usr.img).
 type Compression uint8
 
 // Compressions.
 const (
-	Zstd Compression = iota // zstd, media type + "+zstd" (the default)
+	Zstd Compression = iota // zstd, media type + "+zstd", title + ".zst" (the default)
 	None                    // the bytes as they are
 )
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +22,8 @@ import (
 	"github.com/kiln-os/kiln/build/payload"
 	"github.com/kiln-os/kiln/build/update"
 	"github.com/kiln-os/kiln/build/verify"
+	"github.com/kiln-os/kiln/internal/progress"
+	"github.com/kiln-os/kiln/layout"
 	"github.com/kiln-os/kiln/sign"
 )
 
@@ -171,7 +174,7 @@ func boolInt(b bool) int {
 func layerNames(m *ocispec.Manifest) ([]string, error) {
 	var names []string
 	for _, l := range m.Layers {
-		n := l.Annotations[ocispec.AnnotationTitle]
+		n := fileName(l)
 		switch {
 		case !knownLayer(l.MediaType):
 			return nil, inputErrorf("layer %s (%s): media type %q is not one kiln writes", n, l.Digest, l.MediaType)
@@ -189,6 +192,16 @@ func layerNames(m *ocispec.Manifest) ([]string, error) {
 		return nil, inputErrorf("no layers")
 	}
 	return names, nil
+}
+
+// fileName is the file a layer restores: its vnd.kiln.file annotation
+// when it has one (a compressed layer, titled disk.img.zst), else its
+// title (a layer that is the file, or one pushed by an older kiln).
+func fileName(l ocispec.Descriptor) string {
+	if n, ok := l.Annotations[AnnotationFile]; ok {
+		return n
+	}
+	return l.Annotations[ocispec.AnnotationTitle]
 }
 
 // fetchManifest fetches and parses the image manifest reference names,
@@ -220,19 +233,26 @@ func (c *client) fetchManifest(ctx context.Context, reference string) (ocispec.D
 // connection drops), digest-checked, decompressed and checked again when
 // compressed; holes left where the content is zero.
 func (p *puller) fetchFile(ctx context.Context, l ocispec.Descriptor) error {
-	name := l.Annotations[ocispec.AnnotationTitle]
+	name := fileName(l)
+	title := l.Annotations[ocispec.AnnotationTitle]
 	compressed := strings.HasSuffix(l.MediaType, ZstdSuffix)
 	dst := p.st.file(name)
 	if compressed {
-		dst = p.st.file(name + ".zst")
+		// Not under its title: that may be another layer's file (the
+		// raw.zst image, disk.img.zst).
+		dst = p.st.file(".blob-" + l.Digest.Encoded())
 	}
-	if err := p.fetchBlob(ctx, l, dst); err != nil {
+	pr := progress.Or(p.c.remote.Progress)
+	pr.Start(fmt.Sprintf("downloading %s (%s)", title, layout.HumanSize(l.Size)), l.Size)
+	if err := p.fetchBlob(ctx, l, dst, pr.Add); err != nil {
+		progress.Fail(pr)
 		return fmt.Errorf("%s: blob %s (%s): %w", p.name, name, l.Digest, err)
 	}
+	pr.End()
 	size := l.Size
 	if compressed {
 		var err error
-		if size, err = decompress(ctx, l, dst, p.st.file(name)); err != nil {
+		if size, err = decompress(ctx, l, dst, p.st.file(name), pr); err != nil {
 			return fmt.Errorf("%s: blob %s (%s): %w", p.name, name, l.Digest, err)
 		}
 		os.Remove(dst)
@@ -243,7 +263,8 @@ func (p *puller) fetchFile(ctx context.Context, l ocispec.Descriptor) error {
 
 // fetchBlob downloads the blob to path, resuming with range requests
 // after a dropped connection, and checks its size and digest.
-func (p *puller) fetchBlob(ctx context.Context, l ocispec.Descriptor, path string) error {
+// got, when not nil, is told of the bytes as they arrive.
+func (p *puller) fetchBlob(ctx context.Context, l ocispec.Descriptor, path string, got func(int64)) error {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
@@ -300,7 +321,11 @@ func (p *puller) fetchBlob(ctx context.Context, l ocispec.Descriptor, path strin
 			rc = nil
 			continue
 		}
-		_, err := io.CopyBuffer(io.MultiWriter(w, d.Hash()), io.LimitReader(rc, l.Size-w.off+1), buf)
+		var src io.Reader = io.LimitReader(rc, l.Size-w.off+1)
+		if got != nil {
+			src = &countReader{r: src, add: got}
+		}
+		_, err := io.CopyBuffer(io.MultiWriter(w, d.Hash()), src, buf)
 		if err == nil {
 			break
 		}
@@ -322,9 +347,9 @@ func (p *puller) fetchBlob(ctx context.Context, l ocispec.Descriptor, path strin
 }
 
 // decompress writes the zstd blob at src, decompressed, to dst and checks
-// the uncompressed digest and size its annotations give. It returns the
-// size.
-func decompress(ctx context.Context, l ocispec.Descriptor, src, dst string) (int64, error) {
+// the uncompressed digest and size its annotations give, reporting to pr.
+// It returns the size.
+func decompress(ctx context.Context, l ocispec.Descriptor, src, dst string, pr progress.Reporter) (n int64, err error) {
 	want, err := digest.Parse(l.Annotations[AnnotationUncompressedDigest])
 	if err != nil {
 		return 0, inputErrorf("compressed, but annotation %s: %w", AnnotationUncompressedDigest, err)
@@ -348,9 +373,17 @@ func decompress(ctx context.Context, l ocispec.Descriptor, src, dst string) (int
 		return 0, err
 	}
 	defer dec.Close()
+	pr.Start(fmt.Sprintf("decompressing %s (%s)", filepath.Base(dst), layout.HumanSize(size)), size)
+	defer func() {
+		if err != nil {
+			progress.Fail(pr)
+		} else {
+			pr.End()
+		}
+	}()
 	d := want.Algorithm().Digester()
 	w := &sparseWriter{f: out}
-	n, err := io.CopyBuffer(io.MultiWriter(w, d.Hash()), &ctxReader{ctx, io.LimitReader(dec, size+1)}, make([]byte, 1<<20))
+	n, err = io.CopyBuffer(io.MultiWriter(w, d.Hash()), &countReader{r: &ctxReader{ctx, io.LimitReader(dec, size+1)}, add: pr.Add}, make([]byte, 1<<20))
 	if err != nil {
 		return 0, verifyErrorf("decompressing: %w", err)
 	}
@@ -456,9 +489,13 @@ func (p *puller) verifyBuild(ctx context.Context) error {
 	if err != nil {
 		return verifyErrorf("%s: %s: %w", p.name, ManifestFile, err)
 	}
+	pr := progress.Or(p.c.remote.Progress)
 	for _, file := range p.res.Files {
 		var rep *verify.Report
 		var err error
+		if file.Name == DiskFormats[0].File || m.Output(file.Name) != nil || file.Name == UsrFile {
+			pr.Start(fmt.Sprintf("verifying %s against the signed %s (%s)", file.Name, ManifestFile, layout.HumanSize(file.Size)), file.Size)
+		}
 		switch {
 		case file.Name == DiskFormats[0].File || m.Output(file.Name) != nil:
 			// disk.img, or a converted image the signed manifest lists
@@ -477,6 +514,9 @@ func (p *puller) verifyBuild(ctx context.Context) error {
 		default:
 			continue
 		}
+		// The check ran through (its verdict follows).
+		pr.Add(file.Size)
+		pr.End()
 		if err != nil {
 			return fmt.Errorf("%s: verifying %s: %w", p.name, file.Name, err)
 		}

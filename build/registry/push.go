@@ -20,6 +20,8 @@ import (
 
 	"github.com/kiln-os/kiln/build/manifest"
 	"github.com/kiln-os/kiln/build/payload"
+	"github.com/kiln-os/kiln/internal/progress"
+	"github.com/kiln-os/kiln/layout"
 )
 
 // Files of a build directory that a push publishes besides the disk
@@ -37,7 +39,9 @@ type PushOptions struct {
 	// Formats are the disk formats to publish (names from DiskFormats);
 	// empty publishes every disk image the build directory holds.
 	Formats []string
-	// Compression is how raw images (disk.img, usr.img) are stored.
+	// Compression is how the images are stored: with Zstd (the default),
+	// disk.img, usr.img and every converted image but the compressed
+	// streams (raw.zst, raw.xz) are compressed for transport.
 	Compression Compression
 	// Arch is a containerDisk's architecture (GOARCH names); "" is amd64.
 	Arch string
@@ -60,7 +64,10 @@ type Pushed struct {
 
 // PushedBlob is one blob of a push.
 type PushedBlob struct {
-	Name      string `json:"name"`
+	Name string `json:"name"` // the file, which kiln pull restores
+	// Title is the blob's org.opencontainers.image.title: the name a
+	// generic OCI client writes it under (disk.img.zst when compressed).
+	Title     string `json:"title"`
 	MediaType string `json:"media_type"`
 	Digest    string `json:"digest"`
 	Size      int64  `json:"size"`
@@ -152,7 +159,9 @@ func exists(path string) (bool, error) {
 // PushBuild publishes the build directory dir as ref (which must name a
 // tag): the disk images of the chosen formats, usr.img, the block map and
 // manifest.json as one artifact, and manifest.json.sig, when there is
-// one, as its referrer. Blobs the registry holds are not uploaded again.
+// one, as its referrer. Every disk image and usr.img must be what
+// manifest.json vouches for (see vouch); nothing is pushed otherwise.
+// Blobs the registry holds are not uploaded again.
 func PushBuild(ctx context.Context, dir, ref string, o PushOptions) (*Pushed, error) {
 	r, err := pushReference(ref)
 	if err != nil {
@@ -164,7 +173,11 @@ func PushBuild(ctx context.Context, dir, ref string, o PushOptions) (*Pushed, er
 	}
 	var layers []*layer
 	for _, f := range b.disks {
-		layers = append(layers, fileLayer(f.File, filepath.Join(dir, f.File), MediaTypeDisk+f.Name, f.Name == "raw" && o.Compression == Zstd))
+		l, err := fileLayer(f.File, filepath.Join(dir, f.File), MediaTypeDisk+f.Name, !f.Compressed && o.Compression == Zstd)
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, l)
 	}
 	for _, x := range []struct {
 		name, mediaType string
@@ -175,13 +188,21 @@ func PushBuild(ctx context.Context, dir, ref string, o PushOptions) (*Pushed, er
 			return nil, classify(ErrInput, err)
 		}
 		if ok {
-			layers = append(layers, fileLayer(x.name, filepath.Join(dir, x.name), x.mediaType, x.compress))
+			l, err := fileLayer(x.name, filepath.Join(dir, x.name), x.mediaType, x.compress)
+			if err != nil {
+				return nil, err
+			}
+			layers = append(layers, l)
 		}
 	}
 	layers = append(layers, bytesLayer(ManifestFile, MediaTypeManifest, b.raw))
+	uniqueTitles(layers)
 	sig, err := os.ReadFile(filepath.Join(dir, SignatureFile))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, classify(ErrInput, err)
+	}
+	if err := b.vouch(ctx, layers, o.Progress); err != nil {
+		return nil, done(ctx, err)
 	}
 	c, err := o.connect(r)
 	if err != nil {
@@ -204,6 +225,22 @@ func PushBuild(ctx context.Context, dir, ref string, o PushOptions) (*Pushed, er
 		res.Uploaded += sres.Uploaded
 	}
 	return res, nil
+}
+
+// uniqueTitles makes the layers' titles unique: a compressed layer whose
+// title (disk.img.zst) is another layer's file (the raw.zst image,
+// disk.img.zst) is titled name + ".kiln.zst" instead, so that a generic
+// client writes both.
+func uniqueTitles(layers []*layer) {
+	names := map[string]bool{}
+	for _, l := range layers {
+		names[l.name] = true
+	}
+	for _, l := range layers {
+		if l.compressed && names[l.title] {
+			l.title = l.name + ".kiln" + ZstdExt
+		}
+	}
 }
 
 // PushPayload publishes the update payload at path as ref (which must
@@ -241,7 +278,10 @@ func PushPayload(ctx context.Context, path, ref string, o PushOptions) (*Pushed,
 	if err != nil {
 		return nil, err
 	}
-	l := fileLayer(filepath.Base(path), path, MediaTypePayload, false)
+	l, err := fileLayer(filepath.Base(path), path, MediaTypePayload, false)
+	if err != nil {
+		return nil, err
+	}
 	res, _, err := c.pushArtifact(ctx, ArtifactPayload, []*layer{l}, ann, nil)
 	return res, err
 }
@@ -287,18 +327,23 @@ func (c *client) pushManifest(ctx context.Context, m ocispec.Manifest, config *l
 	if err := c.ping(ctx); err != nil {
 		return nil, ocispec.Descriptor{}, done(ctx, fmt.Errorf("%s: %w", name, err))
 	}
-	for _, l := range append([]*layer{config}, layers...) {
-		if err := l.describe(ctx); err != nil {
-			return nil, ocispec.Descriptor{}, done(ctx, classify(ErrInput, err))
-		}
+	pr := progress.Or(c.remote.Progress)
+	if err := describe(ctx, append([]*layer{config}, layers...), pr); err != nil {
+		return nil, ocispec.Descriptor{}, err
 	}
 	for _, l := range append([]*layer{config}, layers...) {
-		up, err := c.pushBlob(ctx, l)
+		var up bool
+		var err error
+		if l == config {
+			up, err = c.pushBlob(ctx, l, nil)
+		} else {
+			up, err = c.pushBlob(ctx, l, pr)
+		}
 		if err != nil {
 			return nil, ocispec.Descriptor{}, done(ctx, fmt.Errorf("%s: blob %s (%s): %w", name, l.name, l.desc.Digest, c.explain(err)))
 		}
 		if l != config {
-			res.Blobs = append(res.Blobs, PushedBlob{Name: l.name, MediaType: l.desc.MediaType, Digest: l.desc.Digest.String(), Size: l.desc.Size, Uploaded: up})
+			res.Blobs = append(res.Blobs, PushedBlob{Name: l.name, Title: l.desc.Annotations[ocispec.AnnotationTitle], MediaType: l.desc.MediaType, Digest: l.desc.Digest.String(), Size: l.desc.Size, Uploaded: up})
 		}
 		if up {
 			res.Uploaded += l.desc.Size
@@ -332,23 +377,66 @@ func (c *client) pushManifest(ctx context.Context, m ocispec.Manifest, config *l
 	return res, desc, nil
 }
 
+// describe describes the layers not described yet, reporting the files'
+// to pr.
+func describe(ctx context.Context, layers []*layer, pr progress.Reporter) error {
+	for _, l := range layers {
+		if l.desc.Digest != "" {
+			continue
+		}
+		if l.size == 0 { // in memory, or empty
+			if err := l.describe(ctx, nil); err != nil {
+				return done(ctx, classify(ErrInput, err))
+			}
+			continue
+		}
+		verb := "hashing"
+		if l.compressed || l.mediaType == ocispec.MediaTypeImageLayerGzip {
+			verb = "compressing and hashing"
+		}
+		pr.Start(fmt.Sprintf("%s %s (%s)", verb, l.name, layout.HumanSize(l.size)), l.size)
+		if err := l.describe(ctx, pr.Add); err != nil {
+			progress.Fail(pr)
+			return done(ctx, classify(ErrInput, err))
+		}
+		pr.End()
+	}
+	return nil
+}
+
 // pushBlob uploads l unless the registry has it; it reports whether it
-// uploaded.
-func (c *client) pushBlob(ctx context.Context, l *layer) (bool, error) {
+// uploaded, and its progress to pr when not nil.
+func (c *client) pushBlob(ctx context.Context, l *layer, pr progress.Reporter) (bool, error) {
 	have, err := c.repo.Blobs().Exists(ctx, l.desc)
 	if err != nil {
 		return false, err
 	}
+	title := l.desc.Annotations[ocispec.AnnotationTitle]
 	log := c.remote.log().With("blob", l.name, "digest", l.desc.Digest, "size", l.desc.Size)
 	if have {
 		log.Info("the registry has it")
+		if pr != nil {
+			pr.Start(fmt.Sprintf("%s (%s): the registry has it", title, layout.HumanSize(l.desc.Size)), 0)
+			pr.End()
+		}
 		return false, nil
 	}
-	rc := l.open(ctx)
+	var sent func(int64)
+	if pr != nil {
+		pr.Start(fmt.Sprintf("uploading %s (%s)", title, layout.HumanSize(l.desc.Size)), l.desc.Size)
+		sent = pr.Add
+	}
+	rc := l.open(ctx, sent)
 	defer rc.Close()
 	start := time.Now()
 	if err := c.repo.Blobs().Push(ctx, l.desc, rc); err != nil {
+		if pr != nil {
+			progress.Fail(pr)
+		}
 		return false, err
+	}
+	if pr != nil {
+		pr.End()
 	}
 	log.Info("uploaded", "seconds", time.Since(start).Seconds())
 	return true, nil

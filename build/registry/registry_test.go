@@ -119,11 +119,18 @@ func TestFileLayerIsDeterministic(t *testing.T) {
 	want := sparseFile(t, path, 16<<20, map[int64]int{0: 4096, 5 << 20: 300000})
 	ctx := context.Background()
 	for _, compress := range []bool{false, true} {
-		a, b := fileLayer("disk.img", path, MediaTypeDisk+"raw", compress), fileLayer("disk.img", path, MediaTypeDisk+"raw", compress)
-		if err := a.describe(ctx); err != nil {
+		a, err := fileLayer("disk.img", path, MediaTypeDisk+"raw", compress)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := b.describe(ctx); err != nil {
+		b, err := fileLayer("disk.img", path, MediaTypeDisk+"raw", compress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.describe(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.describe(ctx, nil); err != nil {
 			t.Fatal(err)
 		}
 		if a.desc.Digest != b.desc.Digest || a.desc.Size != b.desc.Size {
@@ -136,7 +143,7 @@ func TestFileLayerIsDeterministic(t *testing.T) {
 			t.Errorf("compress %v: %d bytes, media type %s", compress, a.desc.Size, a.desc.MediaType)
 		}
 		// The upload stream is the described blob.
-		rc := a.open(ctx)
+		rc := a.open(ctx, nil)
 		got, err := io.ReadAll(rc)
 		rc.Close()
 		if err != nil || digest.FromBytes(got) != a.desc.Digest {
@@ -148,14 +155,17 @@ func TestFileLayerIsDeterministic(t *testing.T) {
 func TestUploadFailsWhenTheFileChanged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "usr.img")
 	sparseFile(t, path, 1<<20, map[int64]int{0: 1000})
-	l := fileLayer("usr.img", path, MediaTypePartition, true)
-	if err := l.describe(context.Background()); err != nil {
+	l, err := fileLayer("usr.img", path, MediaTypePartition, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.describe(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	f, _ := os.OpenFile(path, os.O_RDWR, 0)
 	f.WriteAt([]byte("changed"), 500000)
 	f.Close()
-	rc := l.open(context.Background())
+	rc := l.open(context.Background(), nil)
 	defer rc.Close()
 	if _, err := io.ReadAll(rc); err == nil || !strings.Contains(err.Error(), "changed while it was pushed") {
 		t.Fatalf("upload of a changed file: %v", err)
@@ -208,6 +218,43 @@ func TestParseReferenceNeedsAHost(t *testing.T) {
 	} {
 		if _, err := ParseReference(ref); (err == nil) != ok {
 			t.Errorf("%q: %v", ref, err)
+		}
+	}
+}
+
+// TestTitles: a compressed layer is titled FILE.zst and names its file
+// in vnd.kiln.file; when FILE.zst is another layer's file (disk.img
+// beside the raw.zst image disk.img.zst) it is titled FILE.kiln.zst, so
+// that no two layers share a title.
+func TestTitles(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"disk.img", "disk.img.zst", "disk.vhd"} {
+		os.WriteFile(filepath.Join(dir, n), []byte(n), 0o644)
+	}
+	var layers []*layer
+	for _, x := range []struct {
+		name     string
+		compress bool
+	}{{"disk.img", true}, {"disk.img.zst", false}, {"disk.vhd", true}} {
+		l, err := fileLayer(x.name, filepath.Join(dir, x.name), MediaTypeDisk+diskFormatOf(x.name), x.compress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	uniqueTitles(layers)
+	want := []struct{ title, file, mediaType string }{
+		{"disk.img.kiln.zst", "disk.img", "application/vnd.kiln.disk.raw+zstd"},
+		{"disk.img.zst", "", "application/vnd.kiln.disk.raw.zst"},
+		{"disk.vhd.zst", "disk.vhd", "application/vnd.kiln.disk.vhd+zstd"},
+	}
+	for i, l := range layers {
+		if err := l.describe(context.Background(), nil); err != nil {
+			t.Fatal(err)
+		}
+		a := l.desc.Annotations
+		if a[ocispec.AnnotationTitle] != want[i].title || a[AnnotationFile] != want[i].file || l.desc.MediaType != want[i].mediaType || fileName(l.desc) != l.name {
+			t.Errorf("%s: title %q, file %q, media type %s; want %+v", l.name, a[ocispec.AnnotationTitle], a[AnnotationFile], l.desc.MediaType, want[i])
 		}
 	}
 }

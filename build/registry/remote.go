@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kiln-os/kiln/internal/progress"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote"
@@ -38,6 +39,10 @@ type Remote struct {
 	UserAgent string
 	// Log receives one line per blob; nil logs nothing.
 	Log *slog.Logger
+	// Progress receives a push's or a pull's stages, one per blob and
+	// step (checking, hashing and compressing, uploading; downloading,
+	// decompressing, verifying), with the bytes done; nil reports none.
+	Progress progress.Reporter
 }
 
 func (r *Remote) log() *slog.Logger {

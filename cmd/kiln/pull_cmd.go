@@ -14,20 +14,23 @@ import (
 func newPullCommand(g *globals) *cobra.Command {
 	var rf remoteFlags
 	var out, key string
+	var quiet bool
 	c := &cobra.Command{
-		Use:   "pull REF -o DIR [--key PUBKEY]",
+		Use:   "pull REF -o DIR [--key PUBKEY] [-q]",
 		Short: "Fetch a build or an update payload from an OCI registry, verified",
 		Long: "Fetch a build (with its signature, a referrer) or an update payload that kiln push\n" +
 			"published into DIR, which must be new or empty. Every blob's digest is checked, and\n" +
 			"with --key the signature, and a build's disk.img and usr.img against the signed\n" +
 			"manifest, byte for byte (a payload's own signatures and hashes), before any file\n" +
-			"appears in DIR; on failure DIR is left as it was. A dropped connection is resumed.\n\n" + registryHelp,
+			"appears in DIR; on failure DIR is left as it was. A dropped connection is resumed.\n" +
+			"Progress (per blob: downloading, decompressing, verifying) goes to stderr unless -q or --json.\n\n" + registryHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
 				return usageError(errors.New("pull: -o DIR is required"))
 			}
 			o := registry.PullOptions{Remote: rf.remote(g)}
+			o.Progress = newProgress(g.env.Stderr, quiet || g.json)
 			if key != "" {
 				v, err := sign.LoadVerifier(cmd.Context(), key)
 				if err != nil {
@@ -59,5 +62,6 @@ func newPullCommand(g *globals) *cobra.Command {
 	rf.add(c)
 	c.Flags().StringVarP(&out, "output", "o", "", "write the files into this new or empty directory")
 	c.Flags().StringVar(&key, "key", "", "verify with this public key (PEM file, env://VAR or KMS URI)")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
 	return c
 }

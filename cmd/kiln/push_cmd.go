@@ -48,15 +48,18 @@ func newPushCommand(g *globals) *cobra.Command {
 	var rf remoteFlags
 	var formats []string
 	var compression, arch string
-	var containerDisk bool
+	var containerDisk, quiet bool
 	c := &cobra.Command{
-		Use:   "push OUTDIR|PAYLOAD REF [--format raw,qcow2] [--containerdisk]",
+		Use:   "push OUTDIR|PAYLOAD REF [--format raw,qcow2] [--containerdisk] [-q]",
 		Short: "Publish a build or an update payload to an OCI registry",
 		Long: "Publish a build directory (its disk images, usr.img, usr.blockmap.json, manifest.json, and\n" +
 			"manifest.json.sig as a referrer) or an update payload as an OCI artifact, or with\n" +
 			"--containerdisk the build's disk as a KubeVirt containerDisk image (/disk/, uid 107).\n" +
-			"Raw images are stored zstd-compressed unless --compression none. Blobs the registry\n" +
-			"already holds are not uploaded again.\n\n" + registryHelp,
+			"Every disk image but raw.zst and raw.xz, and usr.img, is stored zstd-compressed (titled\n" +
+			"FILE.zst) unless --compression none. The disk images and usr.img must be what OUTDIR's\n" +
+			"manifest.json (which the signature covers) vouches for, byte for byte: otherwise nothing\n" +
+			"is pushed (exit 2). Blobs the registry already holds are not uploaded again. Progress\n" +
+			"(per blob: checking, hashing, uploading) goes to stderr unless -q or --json.\n\n" + registryHelp,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, ref := args[0], args[1]
@@ -69,6 +72,7 @@ func newPushCommand(g *globals) *cobra.Command {
 				return usageError(err)
 			}
 			o := registry.PushOptions{Remote: rf.remote(g), Formats: formats, Compression: comp, Arch: arch}
+			o.Progress = newProgress(g.env.Stderr, quiet || g.json)
 			var res *registry.Pushed
 			switch {
 			case containerDisk && !st.IsDir():
@@ -108,7 +112,8 @@ func newPushCommand(g *globals) *cobra.Command {
 	}
 	rf.add(c)
 	c.Flags().StringSliceVar(&formats, "format", nil, "disk formats to publish: "+strings.Join(registry.DiskFormatNames(), ", ")+" (default: every disk image OUTDIR holds)")
-	c.Flags().StringVar(&compression, "compression", "zstd", "how raw images (disk.img, usr.img) are stored: zstd or none")
+	c.Flags().StringVar(&compression, "compression", "zstd", "how the images (all but raw.zst and raw.xz) are stored: zstd or none")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
 	c.Flags().BoolVar(&containerDisk, "containerdisk", false, "push the disk as a KubeVirt containerDisk image (qcow2 when OUTDIR has it, else --format's)")
 	c.Flags().StringVar(&arch, "arch", "amd64", "the containerDisk image's architecture")
 	return c
