@@ -398,3 +398,50 @@ func TestCloudFormatsReproducible(t *testing.T) {
 		t.Errorf("left behind: %v", got)
 	}
 }
+
+// TestCloudFormatsBigSparse: a 64 GiB raw image with 6 MiB of data
+// becomes a gce or ova archive in about the time of its data, with
+// bounded memory (peak RSS by GNU time); GNU tar extracts the GCE
+// archive to the image, and the OVA holds a VMDK of it (qemu-img compare).
+func TestCloudFormatsBigSparse(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "big.img")
+	mustRun(t, "truncate", "-s", "64G", raw)
+	for _, off := range []string{"0", "1025", "17408", "33792", "49151", "65535"} { // MiB
+		mustRun(t, "dd", "if=/dev/urandom", "of="+raw, "bs=1M", "count=1", "seek="+off, "conv=notrunc", "status=none")
+	}
+	for _, f := range []string{"gce", "ova"} {
+		out := filepath.Join(dir, "big."+f)
+		r := run(t, "/usr/bin/time", "-f", "%e %M", kiln, "convert", "-q", raw, "--format", f, "-o", out)
+		if r.code != 0 {
+			t.Fatalf("convert %s: %s", f, r.stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		fields := strings.Fields(lines[len(lines)-1])
+		secs, _ := strconv.ParseFloat(fields[0], 64)
+		kib, _ := strconv.ParseInt(fields[1], 10, 64)
+		st, _ := os.Stat(out)
+		t.Logf("%s: %.2f s, peak RSS %d MiB, %d bytes", f, secs, kib>>10, st.Size())
+		if secs > 15 || kib > 400<<10 || st.Size() > 16<<20 {
+			t.Errorf("%s: %.2f s, peak RSS %d MiB, %d bytes: the holes were read or stored, or memory grew with the disk", f, secs, kib>>10, st.Size())
+		}
+		x := filepath.Join(dir, "x")
+		os.RemoveAll(x)
+		os.Mkdir(x, 0o755)
+		if f == "gce" {
+			mustRun(t, "tar", "-xSf", out, "-C", x)
+			// qemu-img compare skips what both files' holes hold; cmp
+			// would read 64 GiB.
+			if r := run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", raw, filepath.Join(x, "disk.raw")); r.code != 0 {
+				t.Errorf("qemu-img compare: %s%s", r.stdout, r.stderr)
+			}
+		} else {
+			mustRun(t, "tar", "-xf", out, "-C", x, "disk.vmdk")
+			if r := run(t, "qemu-img", "compare", "-f", "raw", "-F", "vmdk", raw, filepath.Join(x, "disk.vmdk")); r.code != 0 {
+				t.Errorf("qemu-img compare: %s%s", r.stdout, r.stderr)
+			}
+		}
+		os.RemoveAll(x)
+		os.Remove(out)
+	}
+}
