@@ -139,7 +139,7 @@ func newBuildCommand(g *globals) *cobra.Command {
 	c.Flags().StringVarP(&out, "output", "o", "", "output directory")
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe key (version=1.2.3, partitions.USR-A.source=dir:x)")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
-	c.Flags().StringArrayVar(&formats, "format", nil, "also convert the disk image to these formats, comma-separated, each listed in the manifest: raw (disk.img, always written), qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz (see docs/formats.md)")
+	c.Flags().StringArrayVar(&formats, "format", nil, "also convert the disk image to these formats, comma-separated, each listed in the manifest: raw (disk.img, always written), qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz, gce (disk.tar.gz), ova (see docs/formats.md)")
 	c.Flags().StringVar(&sbKey, "sb-key", "", "sign the EFI binaries of a bootable build for UEFI Secure Boot (Authenticode) with this RSA key (PEM file, env://VAR or KMS URI); overrides the recipe's boot.sb-key")
 	c.Flags().StringVar(&sbCert, "sb-cert", "", "the X.509 certificate of --sb-key (PEM or DER), as enrolled in the firmware's db")
 	c.Flags().StringVar(&key, "sign", "", "sign manifest.json and the USR slot's release record with this key (PEM file, env://VAR or KMS URI); payload apply installs only signed releases")

@@ -21,19 +21,20 @@ func newConvertCommand(g *globals) *cobra.Command {
 	var workers int
 	c := &cobra.Command{
 		Use:   "convert IMAGE --format FORMAT [-o OUT] [--force]",
-		Short: "Convert a raw disk image to qcow2, VMDK, VHD, VHDX or compressed raw",
+		Short: "Convert a raw disk image to qcow2, VMDK, VHD, VHDX, compressed raw, GCE's tar.gz or OVA",
 		Long: "Converts the sparse raw disk image IMAGE (kiln build's disk.img, or any raw disk) into FORMAT:\n" +
 			"qcow2, qcow2-zstd, vmdk (streamOptimized), vmdk-sparse (monolithicSparse), vhd (fixed, Azure),\n" +
-			"vhd-dynamic, vhdx, raw.zst, raw.xz (see docs/formats.md). OUT defaults to the format's file name\n" +
-			"beside IMAGE (disk.qcow2, disk.vmdk, disk.vhd, disk.img.zst, ...); an existing OUT is replaced only\n" +
-			"with --force. The holes of IMAGE are never read; the output depends only on IMAGE's content and\n" +
-			"SOURCE_DATE_EPOCH (the VHD timestamp). Prints the output's digest (" + hashing.ChunkedAlgorithm + ",\n" +
-			"as manifests record). To list converted images in a signed manifest, build with --format.",
+			"vhd-dynamic, vhdx, raw.zst, raw.xz, gce (disk.raw in a sparse GNU tar.gz, as GCE imports), ova\n" +
+			"(OVF, streamOptimized VMDK, manifest) (see docs/formats.md). OUT defaults to the format's file name\n" +
+			"beside IMAGE (disk.qcow2, disk.vmdk, disk.vhd, disk.img.zst, disk.tar.gz, disk.ova, ...); an existing\n" +
+			"OUT is replaced only with --force. The holes of IMAGE are never read; the output depends only on\n" +
+			"IMAGE's content and SOURCE_DATE_EPOCH (the VHD timestamp, the tar members' mtime). Prints the\n" +
+			"output's digest (" + hashing.ChunkedAlgorithm + ", as manifests record). To list converted images in a signed manifest, build with --format.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			image := args[0]
 			if format == "" {
-				return usageError(fmt.Errorf("convert: --format is required (one of qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz)"))
+				return usageError(fmt.Errorf("convert: --format is required (one of qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz, gce, ova)"))
 			}
 			f, err := diskimage.ParseFormat(format)
 			if err != nil {
@@ -93,7 +94,7 @@ func newConvertCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&format, "format", "", "output format: qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz")
+	c.Flags().StringVar(&format, "format", "", "output format: qcow2, qcow2-zstd, vmdk, vmdk-sparse, vhd, vhd-dynamic, vhdx, raw.zst, raw.xz, gce, ova")
 	c.Flags().StringVarP(&out, "output", "o", "", "output file (default: the format's file name beside IMAGE)")
 	c.Flags().BoolVar(&force, "force", false, "replace an existing output file")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
