@@ -103,6 +103,9 @@ func openVHDX(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 			return 0, nil, formatErr(VHDX, vhdxRegion1, "%s region of %d bytes at %d, not on 1 MiB boundaries", rg.name, rg.len, rg.off)
 		}
 	}
+	if batOff < metaOff+metaLen && metaOff < batOff+batLen {
+		return 0, nil, formatErr(VHDX, vhdxRegion1, "the BAT region (%d bytes at %d) and the metadata region (%d bytes at %d) overlap", batLen, batOff, metaLen, metaOff)
+	}
 	if metaOff > size || metaLen > size-metaOff {
 		return 0, nil, formatErr(VHDX, vhdxRegion1, "metadata region of %d bytes at %d past the end of the %d-byte file", metaLen, metaOff, size)
 	}
