@@ -144,7 +144,8 @@ paycheck:
 # what kiln's writers produce).
 FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity:FuzzReadSuperblock \
         ./layout:FuzzReadTable ./sign:FuzzVerify ./internal/xzstream:FuzzXZ ./build/slot:FuzzDecode \
-        ./internal/tpm2:FuzzResponse ./sign/authenticode:FuzzParse
+        ./internal/tpm2:FuzzResponse ./sign/authenticode:FuzzParse \
+        ./build/diskimage:FuzzQCOW2Read ./build/diskimage:FuzzVMDKRead ./build/diskimage:FuzzVHDRead ./build/diskimage:FuzzVHDXRead
 FUZZTIME ?= 8s
 
 test: deps
