@@ -4,20 +4,24 @@
 // A build (an output directory of `kiln build`) becomes one OCI 1.1 image
 // manifest whose artifactType is ArtifactBuild: an empty config and one
 // layer per file — the disk image in each chosen format, usr.img, the
-// block map and manifest.json — each titled with its file name
-// (org.opencontainers.image.title) and annotated with the build's name,
-// version, channel and layout. The signature, manifest.json.sig, is a
-// second artifact (ArtifactSignature) whose subject is the first: a
-// referrer, listed by the registry's referrers API or, on registries
-// without it, through the fallback tag sha256-<digest> that the pusher
-// keeps up to date. A payload is one manifest (ArtifactPayload) with one
+// block map and manifest.json — each titled (org.opencontainers.image.title)
+// with what the blob is, the name a generic OCI client writes it under
+// (disk.img.zst for the compressed disk.img, whose vnd.kiln.file names the
+// file pull restores), and annotated with the build's name, version,
+// channel and layout. Push publishes only disk images and usr.img that the
+// build's manifest.json vouches for, byte for byte. The signature,
+// manifest.json.sig, is a second artifact (ArtifactSignature) whose
+// subject is the first: a referrer, listed by the registry's referrers API
+// or, on registries without it, through the fallback tag sha256-<digest>
+// that the pusher keeps up to date. A payload is one manifest (ArtifactPayload) with one
 // layer. A KubeVirt containerDisk is an ordinary image instead: one tar
 // layer holding the disk at /disk/, owned by uid 107.
 //
-// Raw images (disk.img, usr.img) are mostly holes. They are compressed
-// with zstd by default (media type + "+zstd"): pushing them whole would
-// upload every zero. Either way their holes are never read from the disk,
-// only the data extents are; and the annotations
+// Images (disk.img, usr.img, a fixed VHD) are mostly holes or zeros. They
+// are compressed with zstd by default (media type + "+zstd"; every disk
+// format but the compressed streams raw.zst and raw.xz): pushing them
+// whole would upload every zero. Either way their holes are never read
+// from the disk, only the data extents are; and the annotations
 // vnd.kiln.uncompressed.digest and .size let a pull check the
 // decompressed bytes too.
 //
