@@ -14,8 +14,9 @@
 // VMDK content ID) derive from the content; the VHD timestamp is the
 // caller's (SOURCE_DATE_EPOCH).
 //
-// Open reads each format back as the virtual disk it holds, so that an
-// image can be checked against the raw image's digests.
+// Open reads each format but the archives (gce, ova) back as the virtual
+// disk it holds, so that an image can be checked against the raw image's
+// digests.
 package diskimage
 
 import (
