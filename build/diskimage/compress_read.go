@@ -137,6 +137,12 @@ const (
 	maxXZIndex = 16 << 20
 )
 
+// maxCompressed bounds the compressed size of a chunk of n bytes: what
+// stored (uncompressed) zstd blocks or LZMA2 chunks, the worst case, take
+// with their headers. A chunk is read whole: a larger one, its bytes
+// holes of a sparse file, would cost memory the disk does not explain.
+func maxCompressed(n int64) int64 { return n + n/256 + 64<<10 }
+
 // checkChunks refuses a chunk count out of proportion to the disk.
 func checkChunks(f Format, n int, disk int64) error {
 	if n > maxSmallChunks && disk/int64(n) < minChunkAverage {
@@ -211,6 +217,9 @@ func openZstd(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 		}
 		if usize > maxChunk {
 			return 0, nil, fmt.Errorf("%w: a zstd frame of %d bytes (kiln reads frames up to %d; it writes 4 MiB ones)", ErrUnsupported, usize, maxChunk)
+		}
+		if n := p.pos - start; n > maxCompressed(usize) {
+			return 0, nil, formatErr(RawZstd, start, "a frame of %d bytes for %d bytes of content", n, usize)
 		}
 		if usize > 0 {
 			d.chunks = append(d.chunks, chunk{cOff: start, cLen: p.pos - start, uOff: disk, uLen: usize})
@@ -299,6 +308,9 @@ func openXZ(r io.ReaderAt, size int64) (int64, virtualDisk, error) {
 		}
 		if usize > maxChunk {
 			return 0, nil, fmt.Errorf("%w: an xz block of %d bytes (kiln reads blocks up to %d; it writes 8 MiB ones)", ErrUnsupported, usize, maxChunk)
+		}
+		if int64(unpadded) > maxCompressed(int64(usize)) {
+			return 0, nil, formatErr(RawXZ, indexOff, "a block of %d bytes for %d bytes of content", unpadded, usize)
 		}
 		b = b[n1+n2:]
 		d.chunks = append(d.chunks, chunk{cOff: cOff, cLen: int64(unpadded), uOff: disk, uLen: int64(usize)})

@@ -1,6 +1,7 @@
 package diskimage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
@@ -149,6 +150,12 @@ func TestHostileTables(t *testing.T) {
 		pieces: []piece{{0, hostileQCOW2(9, 32<<20*32<<10, 32<<20, 1024)}},
 		err:    "qcow2: l1_size 33554432 entries (256.0 MiB) exceeds qemu's limit of 32 MiB",
 	}, {
+		// As found from outside: 256 Mi entries, 2 GiB (the old reader
+		// took 3.8 GB and 94 s in kiln verify).
+		name: "qcow2 L1 table filling 2 GiB", size: 1024 + 2<<30,
+		pieces: []piece{{0, hostileQCOW2(9, 256<<20*32<<10, 256<<20, 1024)}},
+		err:    "qcow2: l1_size 268435456 entries (2.0 GiB) exceeds qemu's limit of 32 MiB",
+	}, {
 		// QEMU's largest L1 table: a disk of 128 GiB in 512-byte clusters.
 		name: "qcow2 L1 table of 32 MiB", size: 1024 + 32*mib,
 		pieces: []piece{{0, hostileQCOW2(9, 4<<20*32<<10, 4<<20, 1024)}},
@@ -227,43 +234,102 @@ func TestHostileTables(t *testing.T) {
 }
 
 // TestHostileVHDXMetadata: a VHDX whose metadata region claims 256 MiB
-// (the largest the old reader took, and read whole) opens reading only
-// its table and items.
+// (the largest the old reader took, and read whole), moved past the
+// payload, opens reading only its table and items; one that overlaps the
+// BAT is refused, as QEMU refuses it.
 func TestHostileVHDXMetadata(t *testing.T) {
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.img")
 	sparse(t, raw, 8<<20, piece{4096, []byte("kiln")})
 	path := filepath.Join(dir, "disk.vhdx")
 	convert(t, raw, path, VHDX, Options{})
-	b, err := os.ReadFile(path)
+	orig, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	le := binary.LittleEndian
-	for _, at := range []int{vhdxRegion1, vhdxRegion2} {
-		r := b[at : at+vhdxRegionSize]
-		for i := range int(le.Uint32(r[8:])) {
-			e := r[16+i*32:]
-			if guidFromMS(e[:16]) == vhdxMetadataRegion {
-				le.PutUint32(e[24:], 256<<20)
-			}
+	for _, move := range []bool{true, false} {
+		b := bytes.Clone(orig)
+		metaAt := roundUp(int64(len(b))+vhdxMiB, vhdxMiB)
+		if move {
+			b = append(b, make([]byte, metaAt+vhdxMetaItems+4096-int64(len(b)))...)
+			copy(b[metaAt:], b[vhdxMetaOffset:vhdxMetaOffset+vhdxMetaItems+4096])
+		} else {
+			metaAt = vhdxMetaOffset
 		}
-		clear(r[4:8])
-		le.PutUint32(r[4:], crc32.Checksum(r, castagnoli))
+		for _, at := range []int{vhdxRegion1, vhdxRegion2} {
+			r := b[at : at+vhdxRegionSize]
+			for i := range int(le.Uint32(r[8:])) {
+				e := r[16+i*32:]
+				if guidFromMS(e[:16]) == vhdxMetadataRegion {
+					le.PutUint64(e[16:], uint64(metaAt))
+					le.PutUint32(e[24:], 256<<20)
+				}
+			}
+			clear(r[4:8])
+			le.PutUint32(r[4:], crc32.Checksum(r, castagnoli))
+		}
+		sparse(t, path, metaAt+256<<20, piece{0, b})
+		var im *Image
+		alloc, d := measure(func() { im, err = openFile(t, path) })
+		t.Logf("moved %v: open: %v, %d bytes allocated, %v", move, err, alloc, d)
+		if alloc > openMaxAlloc || d > hostileMaxTime {
+			t.Errorf("opening allocated %d bytes in %v; want under %d bytes and %v", alloc, d, openMaxAlloc, hostileMaxTime)
+		}
+		if !move {
+			if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "overlap") {
+				t.Errorf("overlapping regions: %v, want an ErrFormat saying they overlap", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, 4)
+		if _, err := im.ReadAt(p, 4096); err != nil || string(p) != "kiln" {
+			t.Errorf("the disk reads %q (%v), want kiln", p, err)
+		}
 	}
-	sparse(t, path, vhdxMetaOffset+256<<20, piece{0, b})
+}
+
+// TestHostileXZBlock: an xz whose index gives its one block 1 GiB of the
+// file (a hole) for 64 KiB of disk is refused when opened; the old
+// reader read the block whole when the disk was first read.
+func TestHostileXZBlock(t *testing.T) {
+	le := binary.LittleEndian
+	const size = 1<<30 + 4096
+	head := append(append([]byte{}, 0xfd, '7', 'z', 'X', 'Z', 0), 0, 1) // CRC32 check
+	head = le.AppendUint32(head, crc32.ChecksumIEEE(head[6:8]))
+	// The index: one record (unpadded size, uncompressed size), padding, CRC32.
+	idx := []byte{0, 1}
+	idx = binary.AppendUvarint(idx, size-12-16-12) // up to the 16-byte index
+	idx = binary.AppendUvarint(idx, 64<<10)
+	for len(idx)%4 != 0 {
+		idx = append(idx, 0)
+	}
+	idx = le.AppendUint32(idx, crc32.ChecksumIEEE(idx))
+	if len(idx) != 16 {
+		t.Fatalf("an index of %d bytes", len(idx))
+	}
+	foot := le.AppendUint32(nil, uint32(len(idx)/4-1))
+	foot = append(foot, 0, 1)
+	foot = append(le.AppendUint32(nil, crc32.ChecksumIEEE(foot)), append(foot, 'Y', 'Z')...)
+	tail := append(idx, foot...)
+	path := filepath.Join(t.TempDir(), "disk.img.xz")
+	sparse(t, path, size, piece{0, head}, piece{size - int64(len(tail)), tail})
 	var im *Image
-	alloc, d := measure(func() { im, err = openFile(t, path) })
-	if err != nil {
-		t.Fatal(err)
+	var err error
+	alloc, d := measure(func() {
+		if im, err = openFile(t, path); err == nil {
+			_, err = im.ReadAt(make([]byte, 1), 0)
+		}
+	})
+	t.Logf("open and read a byte: %v, %d bytes allocated, %v", err, alloc, d)
+	if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "bytes of content") {
+		t.Errorf("open: %v, want an ErrFormat for the block's size", err)
 	}
-	t.Logf("open: %d bytes allocated, %v", alloc, d)
 	if alloc > openMaxAlloc || d > hostileMaxTime {
-		t.Errorf("opening allocated %d bytes in %v; want under %d bytes and %v", alloc, d, openMaxAlloc, hostileMaxTime)
-	}
-	p := make([]byte, 4)
-	if _, err := im.ReadAt(p, 4096); err != nil || string(p) != "kiln" {
-		t.Errorf("the disk reads %q (%v), want kiln", p, err)
+		t.Errorf("allocated %d bytes in %v; want under %d bytes and %v", alloc, d, openMaxAlloc, hostileMaxTime)
 	}
 }
 
