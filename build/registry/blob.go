@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/klauspost/compress/zstd"
@@ -28,6 +29,13 @@ type layer struct {
 	// when not nil, is told of the file's bytes as they are read.
 	write func(ctx context.Context, w io.Writer, read func(int64)) (digest.Digest, int64, error)
 
+	// spoolDir, when set, makes describe keep the blob's bytes in an
+	// unlinked temporary file there (else in the system's temporary
+	// directory), from which open streams them: a compressed blob is
+	// compressed once, not again for the upload.
+	spoolDir string
+	spool    *os.File
+
 	desc ocispec.Descriptor // set by describe
 	diff digest.Digest      // the uncompressed content's digest, set by describe
 }
@@ -44,6 +52,7 @@ func fileLayer(name, path, mediaType string, compress bool) (*layer, error) {
 	if compress {
 		l.mediaType += ZstdSuffix
 		l.title = name + ZstdExt
+		l.spoolDir = filepath.Dir(path)
 	}
 	l.write = func(ctx context.Context, w io.Writer, read func(int64)) (digest.Digest, int64, error) {
 		f, err := os.Open(path)
@@ -84,8 +93,19 @@ func fileLayer(name, path, mediaType string, compress bool) (*layer, error) {
 func (l *layer) describe(ctx context.Context, read func(int64)) error {
 	d := digest.SHA256.Digester()
 	cw := &countWriter{w: d.Hash()}
-	diff, size, err := l.write(ctx, cw, read)
+	var w io.Writer = cw
+	if l.spoolDir != "" {
+		f, err := createSpool(l.spoolDir)
+		if err != nil {
+			return fmt.Errorf("a temporary file for %s: %w", l.name, err)
+		}
+		l.closeSpool()
+		l.spool = f
+		w = io.MultiWriter(cw, f)
+	}
+	diff, size, err := l.write(ctx, w, read)
 	if err != nil {
+		l.closeSpool()
 		return fmt.Errorf("reading %s: %w", l.name, err)
 	}
 	l.diff = diff
@@ -110,10 +130,40 @@ func (l *layer) describe(ctx context.Context, read func(int64)) error {
 	return nil
 }
 
-// open streams the layer's bytes again, for an upload. The reader fails
-// if they differ from what describe saw (the file changed meanwhile).
-// sent, when not nil, is told of the blob's bytes as they are read.
+// createSpool creates an unlinked temporary file in dir, or in the
+// system's temporary directory when dir takes none (read-only): nothing
+// is left behind, however the push ends.
+func createSpool(dir string) (*os.File, error) {
+	f, err := os.CreateTemp(dir, ".kiln-push-*")
+	if err != nil {
+		if f, err = os.CreateTemp("", "kiln-push-*"); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// closeSpool releases the spooled blob, if any.
+func (l *layer) closeSpool() {
+	if l.spool != nil {
+		l.spool.Close()
+		l.spool = nil
+	}
+}
+
+// open streams the layer's bytes again, for an upload: the spooled blob,
+// or the file read again. The reader fails if they differ from what
+// describe saw (the file changed meanwhile). sent, when not nil, is told
+// of the blob's bytes as they are read.
 func (l *layer) open(ctx context.Context, sent func(int64)) io.ReadCloser {
+	if l.spool != nil {
+		r := io.NopCloser(&ctxReader{ctx, io.NewSectionReader(l.spool, 0, l.desc.Size+1)})
+		return &checkedReader{r: r, d: digest.SHA256.Digester(), want: l.desc, name: l.name, sent: sent}
+	}
 	pr, pw := io.Pipe()
 	go func() {
 		_, _, err := l.write(ctx, pw, nil)
@@ -125,7 +175,7 @@ func (l *layer) open(ctx context.Context, sent func(int64)) io.ReadCloser {
 // checkedReader reads a blob being uploaded and fails at its end if its
 // digest or size is not the descriptor's.
 type checkedReader struct {
-	r    *io.PipeReader
+	r    io.ReadCloser
 	d    digest.Digester
 	n    int64
 	want ocispec.Descriptor

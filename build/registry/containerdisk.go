@@ -60,6 +60,7 @@ func PushContainerDisk(ctx context.Context, dir, ref string, o PushOptions) (*Pu
 	if err := describe(ctx, []*layer{l}, progress.Or(o.Progress)); err != nil {
 		return nil, err
 	}
+	defer l.closeSpool()
 	arch := o.Arch
 	if arch == "" {
 		arch = "amd64"
@@ -96,7 +97,7 @@ func tarLayer(path, name string, mtime time.Time) (*layer, error) {
 		return nil, classify(ErrInput, err)
 	}
 	base := filepath.Base(path)
-	l := &layer{name: base, title: base + ".tar.gz", mediaType: ocispec.MediaTypeImageLayerGzip, size: st.Size()}
+	l := &layer{name: base, title: base + ".tar.gz", mediaType: ocispec.MediaTypeImageLayerGzip, size: st.Size(), spoolDir: filepath.Dir(path)}
 	l.write = func(ctx context.Context, w io.Writer, read func(int64)) (digest.Digest, int64, error) {
 		f, err := os.Open(path)
 		if err != nil {

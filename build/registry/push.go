@@ -328,6 +328,11 @@ func (c *client) pushManifest(ctx context.Context, m ocispec.Manifest, config *l
 		return nil, ocispec.Descriptor{}, done(ctx, fmt.Errorf("%s: %w", name, err))
 	}
 	pr := progress.Or(c.remote.Progress)
+	defer func() {
+		for _, l := range layers {
+			l.closeSpool()
+		}
+	}()
 	if err := describe(ctx, append([]*layer{config}, layers...), pr); err != nil {
 		return nil, ocispec.Descriptor{}, err
 	}

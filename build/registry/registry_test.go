@@ -152,23 +152,38 @@ func TestFileLayerIsDeterministic(t *testing.T) {
 	}
 }
 
+// TestUploadFailsWhenTheFileChanged: a file read again for its upload
+// (an uncompressed layer) fails the upload when it changed since it was
+// hashed; a compressed layer is uploaded from the blob describe spooled,
+// the bytes hashed, into an unlinked file that leaves nothing behind.
 func TestUploadFailsWhenTheFileChanged(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "usr.img")
-	sparseFile(t, path, 1<<20, map[int64]int{0: 1000})
-	l, err := fileLayer("usr.img", path, MediaTypePartition, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.describe(context.Background(), nil); err != nil {
-		t.Fatal(err)
-	}
-	f, _ := os.OpenFile(path, os.O_RDWR, 0)
-	f.WriteAt([]byte("changed"), 500000)
-	f.Close()
-	rc := l.open(context.Background(), nil)
-	defer rc.Close()
-	if _, err := io.ReadAll(rc); err == nil || !strings.Contains(err.Error(), "changed while it was pushed") {
-		t.Fatalf("upload of a changed file: %v", err)
+	for _, compress := range []bool{false, true} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "usr.img")
+		sparseFile(t, path, 1<<20, map[int64]int{0: 1000})
+		l, err := fileLayer("usr.img", path, MediaTypePartition, compress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.describe(context.Background(), nil); err != nil {
+			t.Fatal(err)
+		}
+		if es, _ := os.ReadDir(dir); len(es) != 1 {
+			t.Errorf("compress %v: %d files in the directory after describe", compress, len(es))
+		}
+		f, _ := os.OpenFile(path, os.O_RDWR, 0)
+		f.WriteAt([]byte("changed"), 500000)
+		f.Close()
+		rc := l.open(context.Background(), nil)
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if !compress && (err == nil || !strings.Contains(err.Error(), "changed while it was pushed")) {
+			t.Fatalf("upload of a changed file: %v", err)
+		}
+		if compress && (err != nil || digest.FromBytes(got) != l.desc.Digest) {
+			t.Fatalf("upload of a spooled blob: %s (%v), described %s", digest.FromBytes(got), err, l.desc.Digest)
+		}
+		l.closeSpool()
 	}
 }
 
