@@ -186,8 +186,9 @@ func TestRegistryPushCompressesEveryImage(t *testing.T) {
 
 // TestRegistryPushRefusesUnvouched: push publishes only images that the
 // build's manifest.json (what the signature covers) vouches for, byte for
-// byte. Anything else is refused before any upload: exit 2, the file and
-// what differs named, no blob uploaded, no tag made.
+// byte, and with --key only a build whose manifest.json verifies. Anything
+// else is refused before any upload: exit 2, the file and what differs
+// named, no blob uploaded, no tag made.
 func TestRegistryPushRefusesUnvouched(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
@@ -242,10 +243,44 @@ func TestRegistryPushRefusesUnvouched(t *testing.T) {
 			}
 		})
 	}
+	// With --key, manifest.json itself must verify: a manifest changed
+	// after signing (its files matching it), another key, no signature.
+	other := filepath.Join(dir, "other")
+	mustRun(t, kiln, "keygen", "-o", other)
+	changedManifest := copyBuild(t, out, filepath.Join(dir, "changed-manifest"))
+	m, _ := os.ReadFile(filepath.Join(changedManifest, "manifest.json"))
+	os.WriteFile(filepath.Join(changedManifest, "manifest.json"), []byte(strings.Replace(string(m), `"version": "1.0.0"`, `"version": "1.0.1"`, 1)), 0o644)
+	unsigned := copyBuild(t, out, filepath.Join(dir, "unsigned"))
+	os.Remove(filepath.Join(unsigned, "manifest.json.sig"))
+	for _, c := range []struct {
+		name, dir, key string
+		words          []string
+	}{
+		{"key-changed-manifest", changedManifest, key, []string{"manifest.json does not verify with " + key + ".pub"}},
+		{"key-other", out, other, []string{"manifest.json does not verify with " + other + ".pub"}},
+		{"key-unsigned", unsigned, key, []string{"asks for a signed build", "manifest.json.sig"}},
+		{"key-containerdisk", changedManifest, key, []string{"manifest.json does not verify with"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			px.reset(0, 0)
+			args := []string{"push", c.dir, px.host + "/kiln/" + c.name + ":1.0.0", "--key", c.key + ".pub"}
+			if strings.HasSuffix(c.name, "containerdisk") {
+				args = append(args, "--containerdisk")
+			}
+			expectFailure(t, env, 2, append(c.words, "nothing was pushed"), append(args, ca...)...)
+			if n := px.count(blobUpload); n != 0 || tagExists(t, reg, px.host, "kiln/"+c.name, "1.0.0") {
+				t.Errorf("a push refused: %d blob upload requests, or the tag exists", n)
+			}
+		})
+	}
+	// Without --key the changed manifest.json is pushed (its files match
+	// it; pull --key refuses it: TestRegistryPullRefusesTampered).
+	pushJSON(t, env, append([]string{changedManifest, px.host + "/kiln/changed-manifest:1.0.0"}, ca...)...)
 	// What the manifest vouches for still goes: the qcow2 of the build
-	// whose disk.img changed, and the build itself.
+	// whose disk.img changed, and the build itself, with --key too.
 	pushJSON(t, env, append([]string{changedDisk, px.host + "/kiln/qcow2-only:1.0.0", "--format", "qcow2"}, ca...)...)
-	pushJSON(t, env, append([]string{out, px.host + "/kiln/good:1.0.0"}, ca...)...)
+	pushJSON(t, env, append([]string{out, px.host + "/kiln/good:1.0.0", "--key", key + ".pub"}, ca...)...)
+	pushJSON(t, env, append([]string{out, px.host + "/kiln/good-disk:1.0.0", "--containerdisk", "--key", key + ".pub"}, ca...)...)
 }
 
 // startSlowProxy starts a TLS proxy to the registry that holds every

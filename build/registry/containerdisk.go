@@ -54,6 +54,9 @@ func PushContainerDisk(ctx context.Context, dir, ref string, o PushOptions) (*Pu
 	if err != nil {
 		return nil, err
 	}
+	if err := b.verifySignature(o.Verifier, o.KeyName); err != nil {
+		return nil, err
+	}
 	if err := b.vouch(ctx, []*layer{l}, o.Progress); err != nil {
 		return nil, done(ctx, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-os/kiln/build/payload"
 	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/layout"
+	"github.com/kiln-os/kiln/sign"
 )
 
 // Files of a build directory that a push publishes besides the disk
@@ -45,6 +46,12 @@ type PushOptions struct {
 	Compression Compression
 	// Arch is a containerDisk's architecture (GOARCH names); "" is amd64.
 	Arch string
+	// Verifier, when set, must verify the build's manifest.json.sig over
+	// its manifest.json before anything is pushed: a build without a
+	// signature, or whose signature does not verify, is refused (ErrInput).
+	Verifier sign.Verifier
+	// KeyName names the Verifier's key in messages.
+	KeyName string
 }
 
 // Pushed is what a push published.
@@ -200,6 +207,9 @@ func PushBuild(ctx context.Context, dir, ref string, o PushOptions) (*Pushed, er
 	sig, err := os.ReadFile(filepath.Join(dir, SignatureFile))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, classify(ErrInput, err)
+	}
+	if err := b.verifySignature(o.Verifier, o.KeyName); err != nil {
+		return nil, err
 	}
 	if err := b.vouch(ctx, layers, o.Progress); err != nil {
 		return nil, done(ctx, err)

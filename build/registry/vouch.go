@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"github.com/kiln-os/kiln/internal/hashing"
 	"github.com/kiln-os/kiln/internal/progress"
 	"github.com/kiln-os/kiln/layout"
+	"github.com/kiln-os/kiln/sign"
 )
 
 // vouch checks, before anything is pushed, that manifest.json (what the
@@ -54,6 +57,28 @@ func (b *buildDir) vouch(ctx context.Context, layers []*layer, pr progress.Repor
 			return inputErrorf("%s is not what %s vouches for: %w; nothing was pushed", path, ManifestFile, err)
 		}
 		pr.End()
+	}
+	return nil
+}
+
+// verifySignature checks, when v is set, that the build's
+// manifest.json.sig verifies over the manifest.json read (the bytes that
+// are pushed) with v, the key keyName names.
+func (b *buildDir) verifySignature(v sign.Verifier, keyName string) error {
+	if v == nil {
+		return nil
+	}
+	mpath, spath := filepath.Join(b.dir, ManifestFile), filepath.Join(b.dir, SignatureFile)
+	data, err := os.ReadFile(spath)
+	if err != nil {
+		return inputErrorf("%s: --key %s asks for a signed build: %w; nothing was pushed", b.dir, keyName, err)
+	}
+	sig, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
+	if err == nil {
+		err = v.Verify(bytes.NewReader(b.raw), sig)
+	}
+	if err != nil {
+		return inputErrorf("%s does not verify with %s (%s): %w; nothing was pushed", mpath, keyName, spath, err)
 	}
 	return nil
 }

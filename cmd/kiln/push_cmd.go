@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-os/kiln/build/registry"
+	"github.com/kiln-os/kiln/sign"
 )
 
 // remoteFlags are the flags that say how to reach a registry.
@@ -47,10 +48,10 @@ trusts a private CA. REF is HOST[:PORT]/REPOSITORY:TAG (no default registry).`
 func newPushCommand(g *globals) *cobra.Command {
 	var rf remoteFlags
 	var formats []string
-	var compression, arch string
+	var compression, arch, key string
 	var containerDisk, quiet bool
 	c := &cobra.Command{
-		Use:   "push OUTDIR|PAYLOAD REF [--format raw,qcow2] [--containerdisk] [-q]",
+		Use:   "push OUTDIR|PAYLOAD REF [--format raw,qcow2] [--containerdisk] [--key PUBKEY] [-q]",
 		Short: "Publish a build or an update payload to an OCI registry",
 		Long: "Publish a build directory (its disk images, usr.img, usr.blockmap.json, manifest.json, and\n" +
 			"manifest.json.sig as a referrer) or an update payload as an OCI artifact, or with\n" +
@@ -58,8 +59,9 @@ func newPushCommand(g *globals) *cobra.Command {
 			"Every disk image but raw.zst and raw.xz, and usr.img, is stored zstd-compressed (titled\n" +
 			"FILE.zst) unless --compression none. The disk images and usr.img must be what OUTDIR's\n" +
 			"manifest.json (which the signature covers) vouches for, byte for byte: otherwise nothing\n" +
-			"is pushed (exit 2). Blobs the registry already holds are not uploaded again. Progress\n" +
-			"(per blob: checking, hashing, uploading) goes to stderr unless -q or --json.\n\n" + registryHelp,
+			"is pushed (exit 2); with --key, manifest.json.sig must verify too. Blobs the registry\n" +
+			"already holds are not uploaded again. Progress (per blob: checking, hashing, uploading)\n" +
+			"goes to stderr unless -q or --json.\n\n" + registryHelp,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, ref := args[0], args[1]
@@ -73,6 +75,16 @@ func newPushCommand(g *globals) *cobra.Command {
 			}
 			o := registry.PushOptions{Remote: rf.remote(g), Formats: formats, Compression: comp, Arch: arch}
 			o.Progress = newProgress(g.env.Stderr, quiet || g.json)
+			if key != "" {
+				if !st.IsDir() {
+					return usageError(errors.New("--key applies to a build directory (a payload carries its own signatures)"))
+				}
+				v, err := sign.LoadVerifier(cmd.Context(), key)
+				if err != nil {
+					return keyError(fmt.Errorf("--key %s: %w", key, err))
+				}
+				o.Verifier, o.KeyName = v, key
+			}
 			var res *registry.Pushed
 			switch {
 			case containerDisk && !st.IsDir():
@@ -114,6 +126,7 @@ func newPushCommand(g *globals) *cobra.Command {
 	c.Flags().StringSliceVar(&formats, "format", nil, "disk formats to publish: "+strings.Join(registry.DiskFormatNames(), ", ")+" (default: every disk image OUTDIR holds)")
 	c.Flags().StringVar(&compression, "compression", "zstd", "how the images (all but raw.zst and raw.xz) are stored: zstd or none")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
+	c.Flags().StringVar(&key, "key", "", "refuse a build whose manifest.json.sig does not verify with this public key (PEM file, env://VAR or KMS URI)")
 	c.Flags().BoolVar(&containerDisk, "containerdisk", false, "push the disk as a KubeVirt containerDisk image (qcow2 when OUTDIR has it, else --format's)")
 	c.Flags().StringVar(&arch, "arch", "amd64", "the containerDisk image's architecture")
 	return c
