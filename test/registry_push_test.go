@@ -396,6 +396,9 @@ func TestRegistryProgress(t *testing.T) {
 	t.Logf("pull exited at %.2fs", end.Seconds())
 	first := find(t, lines, `^kiln: downloading manifest\.json \(([0-9.]+ KiB)\): `)
 	down := find(t, lines, `^kiln: downloading disk\.img\.zst \(([0-9.]+ [KM]iB)\): ([0-9.]+ [KM]iB) in `)
+	if m := regexp.MustCompile(`\((.*)\): (.*) in`).FindStringSubmatch(down.text); m[1] != m[2] {
+		t.Errorf("downloaded %s of %s", m[2], m[1])
+	}
 	find(t, lines, `^kiln: decompressing disk\.img \(203\.0 MiB\): 203\.0 MiB in `)
 	find(t, lines, `^kiln: verifying disk\.img against the signed manifest\.json \(203\.0 MiB\): 203\.0 MiB in `)
 	if first.at+3*delay > end || down.at+delay > end {

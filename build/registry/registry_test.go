@@ -272,4 +272,9 @@ func TestTitles(t *testing.T) {
 			t.Errorf("%s: title %q, file %q, media type %s; want %+v", l.name, a[ocispec.AnnotationTitle], a[AnnotationFile], l.desc.MediaType, want[i])
 		}
 	}
+	// A compressed layer an older kiln pushed is titled with its file.
+	old := ocispec.Descriptor{MediaType: MediaTypeDisk + "raw" + ZstdSuffix, Annotations: map[string]string{ocispec.AnnotationTitle: "disk.img"}}
+	if n := fileName(old); n != "disk.img" {
+		t.Errorf("an older kiln's layer: file %q", n)
+	}
 }
