@@ -445,3 +445,45 @@ func TestCloudFormatsBigSparse(t *testing.T) {
 		os.Remove(out)
 	}
 }
+
+// TestVerifyCloudFormats: kiln verify reads the gce and ova outputs
+// through their formats (the OVA's VMDK in place; the GCE archive expanded
+// into a sparse temporary file, only to the size the signed manifest
+// gives) and checks the disk each holds: both pass as built; a flipped
+// byte fails the digest (exit 1); the same output of another build, whose
+// USR differs, fails the digest and then USR-A's digest and verity: the
+// disk inside was read.
+func TestVerifyCloudFormats(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "k")
+	mustRun(t, kiln, "keygen", "-o", key)
+	out := buildSmall(t, dir, key+".key", "--format", "gce,ova")
+	otherDir := filepath.Join(dir, "other")
+	os.Mkdir(otherDir, 0o755)
+	other := buildSmall(t, otherDir, key+".key", "--format", "gce,ova", "--set", "version=9.9.9")
+	pub := key + ".pub"
+	for _, name := range []string{"disk.tar.gz", "disk.ova"} {
+		path := filepath.Join(out, name)
+		r := run(t, kiln, "verify", path, "--key", pub)
+		if r.code != 0 {
+			t.Fatalf("verify %s: exit %d\n%s%s", name, r.code, r.stdout, r.stderr)
+		}
+		for _, check := range []string{"format " + name, "gpt", "digest USR-A", "verity USR-A"} {
+			if !strings.Contains(r.stdout, "\nok   "+check+" ") {
+				t.Errorf("verify %s does not pass %q:\n%s", name, check, r.stdout)
+			}
+		}
+		saved := filepath.Join(dir, "saved")
+		copyFile(t, path, saved)
+		st, _ := os.Stat(path)
+		for _, off := range []int64{st.Size() / 2, 100} {
+			flip(t, path, off)
+			verifyFails(t, "digest "+name, "the manifest says", path, "--key", pub)
+			copyFile(t, saved, path)
+		}
+		copyFile(t, filepath.Join(other, name), path)
+		verifyFails(t, "digest "+name, "the manifest says", path, "--key", pub)
+		verifyFails(t, "gpt", "", path, "--key", pub)
+		copyFile(t, saved, path)
+	}
+}

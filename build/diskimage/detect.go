@@ -45,6 +45,9 @@ func formatErr(f Format, off int64, format string, args ...any) error {
 
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
+// gzipMagic starts a gzip file (RFC 1952): ID1, ID2, CM deflate.
+var gzipMagic = []byte{0x1f, 0x8b, 8}
+
 // vmdkDescriptorMagic starts a VMDK descriptor file (monolithicFlat,
 // twoGbMaxExtentSparse, ...), whose extents are other files.
 var vmdkDescriptorMagic = []byte("# Disk DescriptorFile")
@@ -65,6 +68,9 @@ func Detect(r io.ReaderAt, size int64) (Format, error) {
 		// Open indexes every frame; the first frame's header is enough
 		// to say the file is one.
 		return f, checkZstdHead(r, size)
+	}
+	if f == GCE {
+		return f, checkGCEHead(r, size)
 	}
 	if _, _, err := openFormat(r, size, f); err != nil {
 		return f, err
@@ -120,6 +126,12 @@ func probe(r io.ReaderAt, size int64) (Format, error) {
 		return RawXZ, nil
 	case bytes.HasPrefix(head, zstdMagic):
 		return RawZstd, nil
+	case bytes.HasPrefix(head, gzipMagic):
+		// kiln's gzip output is the GCE archive; Detect checks that it
+		// holds disk.raw.
+		return GCE, nil
+	case isUstar(head):
+		return OVA, nil
 	case bytes.HasPrefix(head, []byte("conectix")):
 		// The footer's copy that starts a dynamic VHD (a fixed VHD has
 		// none).
@@ -153,6 +165,10 @@ func openFormat(r io.ReaderAt, size int64, f Format) (int64, virtualDisk, error)
 		return openZstd(r, size)
 	case RawXZ:
 		return openXZ(r, size)
+	case OVA:
+		return openOVA(r, size)
+	case GCE:
+		return 0, nil, ErrGCEStream
 	}
 	return 0, nil, fmt.Errorf("diskimage: no reader for format %d", f)
 }

@@ -117,6 +117,11 @@ func Image(ctx context.Context, path string, o Options) (*Report, error) {
 	defer d.Close()
 	f, err := diskimage.Detect(d.File, d.Size)
 	if err != nil {
+		if errors.Is(err, diskimage.ErrFormat) || errors.Is(err, diskimage.ErrUnsupported) {
+			if rep := malformedOutput(ctx, d, err, o); rep != nil {
+				return rep, nil
+			}
+		}
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
 	if f != diskimage.Raw {
@@ -197,6 +202,29 @@ func converted(ctx context.Context, d *layout.Disk, f diskimage.Format, o Option
 		return r.finish(), nil
 	}
 	r.add("output", nil, fmt.Sprintf("%s: %s, listed in the manifest", name, f))
+	checkOutputDigest(r, d, name, out, o)
+
+	disk, virtualSize, closeDisk, err := openConverted(d, f, out.VirtualSize)
+	if err == nil && (virtualSize != out.VirtualSize || virtualSize < m.DiskSize) {
+		err = fmt.Errorf("%s holds a disk of %d bytes, the manifest says %d (of a %d-byte image)", name, virtualSize, out.VirtualSize, m.DiskSize)
+	}
+	if closeDisk != nil {
+		defer closeDisk()
+	}
+	r.add("format "+name, err, fmt.Sprintf("%s holds a disk of %d bytes", f, out.VirtualSize))
+	if err != nil {
+		return r.finish(), nil
+	}
+	if virtualSize > m.DiskSize {
+		r.add("padding", checkZeros(disk, m.DiskSize, virtualSize), fmt.Sprintf("bytes %d to %d, which %s adds to the disk, are zeros", m.DiskSize, virtualSize, f))
+	}
+	checkDisk(ctx, r, disk, name, m, o)
+	return r.finish(), nil
+}
+
+// checkOutputDigest checks the converted image d, named name, against
+// the manifest's out: its size and digest.
+func checkOutputDigest(r *Report, d *layout.Disk, name string, out *manifest.Output, o Options) {
 	var err error
 	if d.Size != out.Size {
 		err = fmt.Errorf("%s is %d bytes, the manifest says %d", name, d.Size, out.Size)
@@ -206,21 +234,53 @@ func converted(ctx context.Context, d *layout.Disk, f diskimage.Format, o Option
 		err = fmt.Errorf("%s: digest %s, the manifest says %s", name, sum, out.Digest)
 	}
 	r.add("digest "+name, err, fmt.Sprintf("%s: %d bytes, digest %.16s…", name, out.Size, out.Digest))
+}
 
-	im, err := diskimage.Open(d.File, d.Size)
-	if err == nil && (im.VirtualSize != out.VirtualSize || im.VirtualSize < m.DiskSize) {
-		err = fmt.Errorf("%s holds a disk of %d bytes, the manifest says %d (of a %d-byte image)", name, im.VirtualSize, out.VirtualSize, m.DiskSize)
+// malformedOutput reports on an image file that carries a format's magic
+// but that format's reader refuses (detectErr). When the signed manifest
+// lists an output of its name, that is a changed output: failed checks
+// (its digest, its format), not bad input. It returns nil when the
+// manifest lists no such output, for the caller to refuse the file.
+func malformedOutput(ctx context.Context, d *layout.Disk, detectErr error, o Options) *Report {
+	r := &Report{}
+	m := loadManifest(ctx, r, o)
+	if m == nil {
+		return r.finish()
 	}
-	r.add("format "+name, err, fmt.Sprintf("%s holds a disk of %d bytes", f, out.VirtualSize))
+	name := filepath.Base(d.Path)
+	out := m.Output(name)
+	if out == nil {
+		return nil
+	}
+	r.add("output", nil, fmt.Sprintf("%s: listed in the manifest as %s", name, out.Format))
+	checkOutputDigest(r, d, name, out, o)
+	r.add("format "+name, fmt.Errorf("reading %s: %w", d.Path, detectErr), "")
+	return r.finish()
+}
+
+// openConverted returns the disk the converted image d (format f) holds
+// and its size. Every format is read in place but GCE's gzip stream,
+// which is expanded into an unlinked sparse temporary file, and only when
+// it holds a disk of wantSize bytes (the signed manifest's), so that a
+// hostile archive cannot make verify inflate more than the image.
+func openConverted(d *layout.Disk, f diskimage.Format, wantSize int64) (io.ReaderAt, int64, func(), error) {
+	if f != diskimage.GCE {
+		im, err := diskimage.Open(d.File, d.Size)
+		if err != nil {
+			return nil, 0, nil, err
+		}
+		return im.ReaderAt(), im.VirtualSize, nil, nil
+	}
+	tmp, err := os.CreateTemp("", "kiln-verify-*.raw")
 	if err != nil {
-		return r.finish(), nil
+		return nil, 0, nil, fmt.Errorf("expanding %s: %w", d.Path, err)
 	}
-	disk := im.ReaderAt()
-	if im.VirtualSize > m.DiskSize {
-		r.add("padding", checkZeros(disk, m.DiskSize, im.VirtualSize), fmt.Sprintf("bytes %d to %d, which %s adds to the disk, are zeros", m.DiskSize, im.VirtualSize, f))
+	os.Remove(tmp.Name())
+	if err := diskimage.ExpandGCE(d.File, d.Size, tmp, wantSize); err != nil {
+		tmp.Close()
+		return nil, 0, nil, err
 	}
-	checkDisk(ctx, r, disk, name, m, o)
-	return r.finish(), nil
+	return tmp, wantSize, func() { tmp.Close() }, nil
 }
 
 // checkZeros reads [off, end) of r and requires zeros.
