@@ -301,6 +301,12 @@ func TestFormatVerifyFailures(t *testing.T) {
 	copyFile(t, qcow, other)
 	verifyFails(t, "output", "lists no output of that name", other, "--key", pub)
 	os.Remove(other)
+	// Malformed and not listed: bad input, naming the file and the field.
+	os.WriteFile(other, []byte("QFI\xfb"), 0o644)
+	if r := run(t, kiln, "verify", other, "--key", pub); r.code != 2 || !strings.Contains(r.stderr, other+": diskimage: qcow2: a 4-byte file holds no header") {
+		t.Errorf("verify of a malformed qcow2 the manifest does not list: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	os.Remove(other)
 	vmdk := filepath.Join(out, "disk.vmdk")
 	copyFile(t, vmdk, filepath.Join(dir, "saved"))
 	copyFile(t, qcow, vmdk)

@@ -244,10 +244,11 @@ func checkOutputDigest(r *Report, d *layout.Disk, name string, out *manifest.Out
 func malformedOutput(ctx context.Context, d *layout.Disk, detectErr error, o Options) *Report {
 	r := &Report{}
 	m := loadManifest(ctx, r, o)
+	name := filepath.Base(d.Path)
 	if m == nil {
+		r.add("format "+name, fmt.Errorf("reading %s: %w", d.Path, detectErr), "")
 		return r.finish()
 	}
-	name := filepath.Base(d.Path)
 	out := m.Output(name)
 	if out == nil {
 		return nil
