@@ -26,22 +26,54 @@ func newProgress(w io.Writer, quiet bool) build.Progress {
 	return &lineProgress{w: w}
 }
 
-// lineProgress prints "stage: N bytes in T" when each stage ends.
+// lineProgress prints "stage: N bytes in T" when each stage ends, and,
+// while a stage runs longer, a line of how far it got every
+// lineInterval, so that a CI log (and a CI system that stops jobs that
+// print nothing) sees a long upload or hash move.
 type lineProgress struct {
-	w       io.Writer
-	stage   string
-	started time.Time
-	done    atomic.Int64
+	w        io.Writer
+	interval time.Duration // 0: lineInterval
+	mu       sync.Mutex
+	stage    string
+	total    int64
+	started  time.Time
+	printed  time.Time
+	done     atomic.Int64
 }
 
+// lineInterval is how often a running stage prints a line in a pipe.
+const lineInterval = 10 * time.Second
+
 func (p *lineProgress) Start(stage string, total int64) {
-	p.stage, p.started = stage, time.Now()
+	p.mu.Lock()
+	p.stage, p.total, p.started, p.printed = stage, total, time.Now(), time.Now()
+	p.mu.Unlock()
 	p.done.Store(0)
 }
 
-func (p *lineProgress) Add(n int64) { p.done.Add(n) }
+func (p *lineProgress) Add(n int64) {
+	done := p.done.Add(n)
+	interval := p.interval
+	if interval == 0 {
+		interval = lineInterval
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.printed) < interval {
+		return
+	}
+	p.printed = time.Now()
+	elapsed := time.Since(p.started).Round(time.Second)
+	if p.total > 0 {
+		fmt.Fprintf(p.w, "kiln: %s: %s of %s (%d%%) after %v\n", p.stage, layout.HumanSize(done), layout.HumanSize(p.total), min(done, p.total)*100/p.total, elapsed)
+	} else {
+		fmt.Fprintf(p.w, "kiln: %s: %s after %v\n", p.stage, layout.HumanSize(done), elapsed)
+	}
+}
 
 func (p *lineProgress) End() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	d := time.Since(p.started).Round(time.Millisecond)
 	if n := p.done.Load(); n > 0 {
 		fmt.Fprintf(p.w, "kiln: %s: %s in %v\n", p.stage, layout.HumanSize(n), d)
@@ -52,6 +84,8 @@ func (p *lineProgress) End() {
 
 // Fail says the stage stopped, and how far it got.
 func (p *lineProgress) Fail() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if n := p.done.Load(); n > 0 {
 		fmt.Fprintf(p.w, "kiln: %s: stopped after %s\n", p.stage, layout.HumanSize(n))
 	} else {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 )
 
 // In CI (no terminal) progress is one plain line per stage; on a
@@ -37,5 +38,26 @@ func TestProgressOutput(t *testing.T) {
 	q.End()
 	if buf.Len() != 0 {
 		t.Errorf("quiet progress printed %q", buf.String())
+	}
+}
+
+// A stage that runs longer than the interval prints how far it got, in a
+// pipe too, then its end line as before.
+func TestLineProgressWhileRunning(t *testing.T) {
+	var buf bytes.Buffer
+	p := &lineProgress{w: &buf, interval: 20 * time.Millisecond}
+	p.Start("uploading disk.img.zst", 4<<20)
+	p.Add(1 << 20) // before the interval: nothing
+	time.Sleep(30 * time.Millisecond)
+	p.Add(1 << 20)
+	time.Sleep(30 * time.Millisecond)
+	p.Add(2 << 20)
+	p.End()
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 ||
+		!strings.HasPrefix(lines[0], "kiln: uploading disk.img.zst: 2.0 MiB of 4.0 MiB (50%) after ") ||
+		!strings.HasPrefix(lines[1], "kiln: uploading disk.img.zst: 4.0 MiB of 4.0 MiB (100%) after ") ||
+		!strings.HasPrefix(lines[2], "kiln: uploading disk.img.zst: 4.0 MiB in ") {
+		t.Errorf("lines %q", lines)
 	}
 }
