@@ -418,3 +418,42 @@ func TestRegistryProgress(t *testing.T) {
 		}
 	}
 }
+
+// TestRegistryPushCloudFormats: the gce and ova outputs go up as the
+// files they are (both compressed already), titled with their own names,
+// and come back byte for byte through kiln pull --key; kiln verify passes
+// on what was pulled.
+func TestRegistryPushCloudFormats(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	mustRun(t, kiln, "keygen", "-o", key)
+	out := buildSmall(t, dir, key+".key", "--format", "gce,ova")
+	reg, px, env := registryBehindProxy(t)
+	ca := []string{"--ca-file", reg.ca}
+	ref := px.host + "/kiln/cloud:1.0.0"
+	p := pushJSON(t, env, append([]string{out, ref, "--format", "gce,ova"}, ca...)...)
+	want := map[string]string{"disk.tar.gz": "application/vnd.kiln.disk.gce", "disk.ova": "application/vnd.kiln.disk.ova"}
+	for _, b := range p.Blobs {
+		mt, ok := want[b.Name]
+		if !ok {
+			continue
+		}
+		delete(want, b.Name)
+		st, err := os.Stat(filepath.Join(out, b.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.MediaType != mt || b.Title != b.Name || b.Size != st.Size() {
+			t.Errorf("%s pushed as %+v, want %s titled %s, %d bytes", b.Name, b, mt, b.Name, st.Size())
+		}
+	}
+	if len(want) > 0 {
+		t.Fatalf("not pushed: %v (pushed %+v)", want, p.Blobs)
+	}
+	pulled := filepath.Join(dir, "pulled")
+	mustRun(t, "env", append(append([]string{}, env...), append([]string{kiln, "pull", "-q", ref, "-o", pulled, "--key", key + ".pub"}, ca...)...)...)
+	for _, name := range []string{"disk.tar.gz", "disk.ova"} {
+		mustRun(t, "cmp", filepath.Join(out, name), filepath.Join(pulled, name))
+		mustRun(t, kiln, "verify", filepath.Join(pulled, name), "--key", key+".pub")
+	}
+}

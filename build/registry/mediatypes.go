@@ -59,9 +59,9 @@ const (
 type DiskFormat struct {
 	Name string // "raw", "qcow2", …: the media type's last part
 	File string // its file name in a build directory
-	// Compressed says the file is a compressed stream (raw.zst, raw.xz),
-	// which push sends as it is; every other image is compressed with
-	// zstd for transport (unless Compression is None).
+	// Compressed says the file is compressed already (raw.zst, raw.xz,
+	// gce, ova), which push sends as it is; every other image is
+	// compressed with zstd for transport (unless Compression is None).
 	Compressed bool
 }
 
@@ -81,6 +81,10 @@ var DiskFormats = []DiskFormat{
 	{"vhdx", "disk.vhdx", false},
 	{"raw.zst", "disk.img.zst", true},
 	{"raw.xz", "disk.img.xz", true},
+	// GCE's archive is a gzip stream; an OVA holds a streamOptimized
+	// VMDK, whose grains are deflate-compressed: both go up as they are.
+	{"gce", "disk.tar.gz", true},
+	{"ova", "disk.ova", true},
 }
 
 // diskFormat returns the format with the given name.

@@ -124,7 +124,7 @@ func newPushCommand(g *globals) *cobra.Command {
 	}
 	rf.add(c)
 	c.Flags().StringSliceVar(&formats, "format", nil, "disk formats to publish: "+strings.Join(registry.DiskFormatNames(), ", ")+" (default: every disk image OUTDIR holds)")
-	c.Flags().StringVar(&compression, "compression", "zstd", "how the images (all but raw.zst and raw.xz) are stored: zstd or none")
+	c.Flags().StringVar(&compression, "compression", "zstd", "how the images (all but raw.zst, raw.xz, gce and ova, compressed already) are stored: zstd or none")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
 	c.Flags().StringVar(&key, "key", "", "refuse a build whose manifest.json.sig does not verify with this public key (PEM file, env://VAR or KMS URI)")
 	c.Flags().BoolVar(&containerDisk, "containerdisk", false, "push the disk as a KubeVirt containerDisk image (qcow2 when OUTDIR has it, else --format's)")
