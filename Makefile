@@ -150,10 +150,7 @@ FUZZTIME ?= 8s
 
 test: deps
 	KILN_ORAS=$(ORAS) KILN_PAYCHECK=$(PAYCHECK_DIR)/scripts/paycheck.py KILN_PAYCHECK_UNAVAILABLE="$$(cat $(PAYCHECK_DIR).unavailable 2>/dev/null)" PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -tags '$(TAGS)' -count=1 -timeout 40m ./...
-	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f#*:}; \
-	  echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
-	  log=$$(mktemp -t kiln-fuzz.XXXXXX) || exit 1; $(GO) test -tags '$(TAGS)' -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x $$pkg >"$$log" 2>&1 || { cat "$$log"; rm -f "$$log"; exit 1; }; tail -n 1 "$$log"; rm -f "$$log"; \
-	done
+	@GO=$(GO) test/fuzz.sh '$(TAGS)' $(FUZZTIME) $(FUZZ)
 
 clean:
 	rm -rf bin $(OUT)
