@@ -21,7 +21,7 @@ TOOLS := sgdisk:gdisk sfdisk:fdisk cgpt:cgpt fsck.vfat:dosfstools mdir:mtools \
          qemu-system-x86_64:qemu-system-x86 /usr/share/ovmf/OVMF.fd:ovmf \
          dpkg-deb:dpkg apt-get:apt cpio:cpio objdump:binutils objcopy:binutils modinfo:kmod \
          sbverify:sbsigntool osslsigncode:osslsigncode pesign:pesign cert-to-efi-sig-list:efitools \
-         swtpm:swtpm tpm2_nvread:tpm2-tools xmllint:libxml2-utils file:file
+         swtpm:swtpm tpm2_nvread:tpm2-tools /usr/lib/python3/dist-packages/jsonschema/__init__.py:python3-jsonschema xmllint:libxml2-utils file:file
 
 # update_engine's payload checker, paycheck.py, that test/paycheck_test.go
 # runs on kiln's payloads: AOSP platform/system/update_engine as of the
