@@ -1,5 +1,5 @@
 // Package sbom finds what an OS tree is made of: the packages its package
-// databases list (dpkg today), with the files each owns, and the
+// databases list (dpkg, apk), with the files each owns, and the
 // distribution the tree says it is (os-release). What the build writes
 // from it (SPDX, CycloneDX) is in the writers of this package.
 //
@@ -23,7 +23,7 @@ import (
 
 // Package is one package a database lists.
 type Package struct {
-	// Type is the purl type of the database: "deb".
+	// Type is the purl type of the database: "deb" or "apk".
 	Type    string
 	Name    string
 	Version string
@@ -63,7 +63,7 @@ func (d Distro) String() string {
 func (p *Package) PURL(d Distro) string {
 	ns := d.ID
 	if ns == "" {
-		ns = "debian"
+		ns = map[string]string{"deb": "debian", "apk": "alpine"}[p.Type]
 	}
 	q := url.Values{}
 	q.Set("arch", p.Arch)

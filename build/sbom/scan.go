@@ -18,7 +18,7 @@ const maxSymlinks = 40
 // Scan returns what the image tree holds, read from the source tree it
 // came from: source is the tree the recipe's source gave, subdir the part
 // of it that became image ("" or "/" for all of it). The packages are
-// those of source's databases; with a subdir, only those owning a file
+// those of source's database (dpkg, else apk); with a subdir, only those owning a file
 // (not a directory) that image holds, found through source's symlinks
 // (so that /lib/x86_64-linux-gnu/libc.so.6, as libc6 lists it, is found
 // as /usr/lib/... on a merged-/usr system). A tree with no package
@@ -32,6 +32,11 @@ func Scan(source *tree.Tree, subdir string, image *tree.Tree) (Contents, error) 
 	pkgs, err := ReadDpkg(source)
 	if err != nil {
 		return c, err
+	}
+	if pkgs == nil {
+		if pkgs, err = ReadApk(source); err != nil {
+			return c, err
+		}
 	}
 	if pkgs == nil {
 		c.Files, err = hashFiles(image)
