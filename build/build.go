@@ -169,7 +169,7 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	}
 	defer spool.Close()
 
-	trees, sources, err := b.readSources(ctx, spool)
+	trees, sourceTrees, sources, err := b.readSources(ctx, spool)
 	if err != nil {
 		return nil, err
 	}
@@ -205,11 +205,19 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	documents, err := b.writeSBOMs(out.stage, trees, sourceTrees, m)
+	if err != nil {
+		return nil, err
+	}
 	names, err := b.writeManifest(ctx, out.stage, disk, m, usr)
 	if err != nil {
 		return nil, err
 	}
-	names = append(names, converted...)
+	prov, err := b.writeProvenance(out.stage, m)
+	if err != nil {
+		return nil, err
+	}
+	names = append(append(append(names, converted...), documents...), prov...)
 	b.end()
 	usr.close()
 	disk.Close()
@@ -230,25 +238,29 @@ func (b *builder) run(ctx context.Context) (res *Result, err error) {
 
 // readSources reads every partition's sources into a tree (stage
 // "sources").
-func (b *builder) readSources(ctx context.Context, spool *source.Spool) (map[string]*tree.Tree, []manifest.Source, error) {
+func (b *builder) readSources(ctx context.Context, spool *source.Spool) (map[string]*tree.Tree, map[string]sourceTree, []manifest.Source, error) {
 	b.start("sources", 0)
 	trees := map[string]*tree.Tree{}
+	sourceTrees := map[string]sourceTree{}
 	var sources []manifest.Source
 	for _, p := range b.r.Partitions {
 		if err := ctx.Err(); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		t, src, err := partitionTree(ctx, b.r, p, spool, b.opts.SourceDateEpoch, b.log)
+		t, full, src, err := partitionTree(ctx, b.r, p, spool, b.opts.SourceDateEpoch, b.log)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		trees[p.Label] = t
+		if full != nil {
+			sourceTrees[p.Label] = sourceTree{tree: full, subdir: p.Subdir}
+		}
 		if src != nil {
 			sources = append(sources, *src)
 		}
 		b.log.Info("source read", "partition", p.Label, "entries", t.Stats().Entries, "bytes", t.Stats().Bytes)
 	}
-	return trees, sources, nil
+	return trees, sourceTrees, sources, nil
 }
 
 // usrOutput is the verity-protected USR partition written on its own:

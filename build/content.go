@@ -19,7 +19,10 @@ import (
 // directories and inline files get the build time (SOURCE_DATE_EPOCH),
 // and every time later than it is clamped to it, whatever the source, so
 // a checkout's fresh file times never reach the image.
-func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *source.Spool, epoch time.Time, log *slog.Logger) (*tree.Tree, *manifest.Source, error) {
+//
+// It returns the source's own tree too (nil without a source), before
+// Subdir narrowed it: where the SBOM finds the package databases.
+func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *source.Spool, epoch time.Time, log *slog.Logger) (*tree.Tree, *tree.Tree, *manifest.Source, error) {
 	// Errors name the recipe's file, line and key: the source or file the
 	// recipe names is at fault (exit 2), whatever went wrong reading it.
 	key := "partitions." + p.Label
@@ -31,12 +34,13 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 		return &RecipeError{File: r.Path, Line: line, Key: key + ".source", Err: err}
 	}
 	t := tree.New(epoch)
+	var full *tree.Tree
 	var src *manifest.Source
 	if p.Source != "" {
 		kind, rest, _ := strings.Cut(p.Source, ":")
 		budget, err := spoolBudget(r, p)
 		if err != nil {
-			return nil, nil, failSource(err)
+			return nil, nil, nil, failSource(err)
 		}
 		switch kind {
 		case "dir":
@@ -57,15 +61,16 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 			}
 		}
 		if err != nil {
-			return nil, nil, failSource(fmt.Errorf("%s: %w", p.Source, err))
+			return nil, nil, nil, failSource(fmt.Errorf("%s: %w", p.Source, err))
 		}
 		if src == nil {
 			src = &manifest.Source{Partition: p.Label, Ref: p.Source}
 		}
+		full = t
 		if p.Subdir != "" && p.Subdir != "/" {
 			sub, err := t.Sub(p.Subdir)
 			if err != nil {
-				return nil, nil, &RecipeError{File: r.Path, Line: p.line, Key: key + ".subdir", Err: fmt.Errorf("%s of %s: %w", p.Subdir, p.Source, err)}
+				return nil, nil, nil, &RecipeError{File: r.Path, Line: p.line, Key: key + ".subdir", Err: fmt.Errorf("%s of %s: %w", p.Subdir, p.Source, err)}
 			}
 			t = sub
 		}
@@ -76,18 +81,18 @@ func partitionTree(ctx context.Context, r *Recipe, p *PartitionSpec, spool *sour
 			host := r.resolve(f.From)
 			st, err := statRegular(host)
 			if err != nil {
-				return nil, nil, &RecipeError{File: r.Path, Line: f.line, Key: key + ".files", Err: fmt.Errorf("%s: from %s: %w", f.Path, f.From, err)}
+				return nil, nil, nil, &RecipeError{File: r.Path, Line: f.line, Key: key + ".files", Err: fmt.Errorf("%s: from %s: %w", f.Path, f.From, err)}
 			}
 			n.Size, n.Content = st, tree.HostFile(host)
 		} else {
 			n.Size, n.Content = int64(len(f.Content)), tree.Bytes(f.Content)
 		}
 		if err := t.Put(f.Path, n); err != nil {
-			return nil, nil, &RecipeError{File: r.Path, Line: f.line, Key: key + ".files", Err: fmt.Errorf("%s: %w", f.Path, err)}
+			return nil, nil, nil, &RecipeError{File: r.Path, Line: f.line, Key: key + ".files", Err: fmt.Errorf("%s: %w", f.Path, err)}
 		}
 	}
 	t.ClampTimes(epoch)
-	return t, src, nil
+	return t, full, src, nil
 }
 
 // Spool bounds, as multiples of what a partition can hold: an ext4 or FAT

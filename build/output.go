@@ -11,6 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-os/kiln/build/diskimage"
+	"github.com/kiln-os/kiln/build/provenance"
+	"github.com/kiln-os/kiln/build/sbom"
 )
 
 // ErrOutput is returned when the output directory cannot take a build.
@@ -33,9 +35,10 @@ func (e *ForeignFilesError) Unwrap() error { return ErrOutput }
 
 // outputNames are every file a build may leave in its output directory:
 // the disk image, the USR image, the manifest, its signature, the block
-// map, and the disk image converted to each format (--format).
+// map, the SBOMs, the provenance, and the disk image converted to each
+// format (--format).
 var outputNames = func() []string {
-	names := []string{DiskFile, UsrFile, ManifestFile, ManifestFile + ".sig", BlockMapFile}
+	names := []string{DiskFile, UsrFile, ManifestFile, ManifestFile + ".sig", BlockMapFile, sbom.SPDXFile, sbom.CycloneDXFile, provenance.File}
 	for _, f := range diskimage.Formats() {
 		if n := f.FileName(); !slices.Contains(names, n) {
 			names = append(names, n)

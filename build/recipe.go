@@ -4,6 +4,8 @@ package build
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -23,6 +25,11 @@ type Recipe struct {
 	// Path is the recipe file; Dir is its directory, the base of every
 	// relative path in it.
 	Path, Dir string
+	// Digest is the SHA-256 (hex) of the recipe file's bytes, and Sets
+	// the --set key=value overrides applied to it, in order: what the
+	// provenance names as the build's inputs.
+	Digest string
+	Sets   []string
 
 	Name    string
 	Version string
@@ -228,7 +235,9 @@ func ParseRecipe(data []byte, path string, sets []string) (*Recipe, error) {
 	}
 	lines := keyLines(doc.Content[0])
 
-	r := &Recipe{Path: path, Dir: filepath.Dir(path), Name: y.Name, Version: y.Version, Channel: y.Channel, Seed: y.Seed}
+	sum := sha256.Sum256(data)
+	r := &Recipe{Path: path, Dir: filepath.Dir(path), Digest: hex.EncodeToString(sum[:]), Sets: append([]string(nil), sets...),
+		Name: y.Name, Version: y.Version, Channel: y.Channel, Seed: y.Seed}
 	if r.Name == "" {
 		return nil, fail(lines["name"], "name", errors.New("missing"))
 	}

@@ -367,7 +367,7 @@ func TestBuildFailuresLeaveNothing(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(out)
 	after, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
-	if len(entries) != 4 || string(after) != string(before) {
+	if len(entries) != 6 || string(after) != string(before) { // disk.img, usr.img, usr.blockmap.json, manifest.json, two SBOMs
 		t.Errorf("a failed build changed OUTDIR: %v", entries)
 	}
 	// Recipe errors name the file, line and key, exit 2.
@@ -455,7 +455,7 @@ func TestBuildReproducibleSigned(t *testing.T) {
 				}
 				outs = append(outs, out)
 			}
-			for _, f := range []string{"disk.img", "usr.img", "manifest.json", "manifest.json.sig"} {
+			for _, f := range []string{"disk.img", "usr.img", "manifest.json", "manifest.json.sig", "sbom.spdx.json", "sbom.cdx.json", "provenance.intoto.json"} {
 				if r := run(t, "cmp", filepath.Join(outs[0], f), filepath.Join(outs[1], f)); r.code != 0 {
 					t.Errorf("%s differs between two signed builds: %s", f, r.stdout)
 				}

@@ -82,8 +82,8 @@ func TestFormatsBuildQEMU(t *testing.T) {
 	mustRun(t, kiln, "keygen", "-o", key)
 	out := buildSmall(t, dir, key+".key", "--format", "raw,"+allFormats())
 	m := readManifest(t, out)
-	if m.Format != manifest.OutputsFormatVersion || len(m.Outputs) != len(formatFiles) {
-		t.Fatalf("manifest format %d with %d outputs, want %d with %d", m.Format, len(m.Outputs), manifest.OutputsFormatVersion, len(formatFiles))
+	if m.Format != manifest.DocumentsFormatVersion || len(m.Outputs) != len(formatFiles) {
+		t.Fatalf("manifest format %d with %d outputs, want %d with %d", m.Format, len(m.Outputs), manifest.DocumentsFormatVersion, len(formatFiles))
 	}
 	disk := filepath.Join(out, "disk.img")
 	for i, f := range formatFiles {
@@ -320,7 +320,8 @@ func TestFormatVerifyFailures(t *testing.T) {
 		{`"format": "qcow2",`, `"format": "qcow2", "extra": 1,`, "unknown field"},
 		{`"name": "disk.qcow2"`, `"name": "../disk.qcow2"`, "not a file name"},
 		{`"format": "qcow2",`, `"format": "qcow9",`, "format \"qcow9\""},
-		{`"format": 3,`, `"format": 2,`, "format 2 lists no outputs"},
+		{`"format": 4,`, `"format": 3,`, "format 3 lists no documents"},
+		{`"format": 4,`, `"format": 2,`, "format 2 lists no outputs"},
 	} {
 		if !bytes.Contains(orig, []byte(c.old)) {
 			t.Fatalf("the manifest holds no %s", c.old)
@@ -352,14 +353,14 @@ func TestFormatBuildReplacesOutputs(t *testing.T) {
 		t.Error("--format vhd --format qcow2 wrote another manifest than --format qcow2,vhd")
 	}
 	buildSmall(t, dir, filepath.Join(dir, "k.key"), "--format", "vmdk")
-	want := []string{"disk.img", "disk.vmdk", "manifest.json", "manifest.json.sig", "usr.blockmap.json", "usr.img"}
+	want := []string{"disk.img", "disk.vmdk", "manifest.json", "manifest.json.sig", "provenance.intoto.json", "sbom.cdx.json", "sbom.spdx.json", "usr.blockmap.json", "usr.img"}
 	if got := dirNames(t, out); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("after a build with --format vmdk: %v, want %v", got, want)
 	}
 	// Without --format, the manifest is format 2, as before there were
 	// outputs.
 	buildSmall(t, dir, filepath.Join(dir, "k.key"))
-	if m := readManifest(t, out); m.Format != manifest.FormatVersion || len(m.Outputs) != 0 || fileExists(filepath.Join(out, "disk.vmdk")) {
+	if m := readManifest(t, out); m.Format != manifest.DocumentsFormatVersion || len(m.Outputs) != 0 || fileExists(filepath.Join(out, "disk.vmdk")) {
 		t.Errorf("a build without --format: format %d, %d outputs, %v", m.Format, len(m.Outputs), dirNames(t, out))
 	}
 }

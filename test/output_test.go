@@ -67,7 +67,7 @@ func TestBuildOutputDirectory(t *testing.T) {
 	dir := t.TempDir()
 	mustRun(t, kiln, "keygen", "-o", filepath.Join(dir, "k"))
 	out := buildSmall(t, dir, filepath.Join(dir, "k.key"))
-	if names := dirNames(t, out); strings.Join(names, " ") != "disk.img manifest.json manifest.json.sig usr.blockmap.json usr.img" {
+	if names := dirNames(t, out); strings.Join(names, " ") != "disk.img manifest.json manifest.json.sig provenance.intoto.json sbom.cdx.json sbom.spdx.json usr.blockmap.json usr.img" {
 		t.Fatalf("signed build wrote %v", names)
 	}
 	// The same recipe unsigned, into the same directory: the signature of
@@ -76,7 +76,7 @@ func TestBuildOutputDirectory(t *testing.T) {
 	if r.code != 0 {
 		t.Fatal(r.stderr)
 	}
-	if names := dirNames(t, out); strings.Join(names, " ") != "disk.img manifest.json usr.blockmap.json usr.img" {
+	if names := dirNames(t, out); strings.Join(names, " ") != "disk.img manifest.json sbom.cdx.json sbom.spdx.json usr.blockmap.json usr.img" {
 		t.Fatalf("unsigned build over a signed one left %v", names)
 	}
 	// A directory with other files is refused, untouched.

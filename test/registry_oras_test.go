@@ -59,11 +59,15 @@ func orasPushBuild(t *testing.T, reg *testRegistry, env []string, dir, ref strin
 		"disk.vhd": "application/vnd.kiln.disk.vhd", "disk.img.zst": "application/vnd.kiln.disk.raw.zst",
 		"usr.img": "application/vnd.kiln.partition.raw", "usr.blockmap.json": "application/vnd.kiln.blockmap.v1+json",
 		"manifest.json": "application/vnd.kiln.manifest.v1+json"}
+	// The documents go up as kiln pushes them: referrers of the build,
+	// one layer each, titled with their names.
+	referrers := map[string]string{"sbom.spdx.json": "application/spdx+json", "sbom.cdx.json": "application/vnd.cyclonedx+json",
+		"provenance.intoto.json": "application/vnd.in-toto+json"}
 	args := []string{"push", "--artifact-type", "application/vnd.kiln.build.v1", ref}
 	for _, n := range dirNames(t, dir) {
 		mt, ok := types[n]
 		if !ok {
-			if n != "manifest.json.sig" {
+			if _, ok := referrers[n]; !ok && n != "manifest.json.sig" {
 				t.Fatalf("orasPushBuild: no media type for %s", n)
 			}
 			continue
@@ -74,6 +78,11 @@ func orasPushBuild(t *testing.T, reg *testRegistry, env []string, dir, ref strin
 	if fileExists(filepath.Join(dir, "manifest.json.sig")) {
 		oras(t, reg, dir, env, "attach", "--artifact-type", "application/vnd.kiln.signature.v1", ref,
 			"manifest.json.sig:application/vnd.kiln.signature.v1+base64")
+	}
+	for _, n := range dirNames(t, dir) {
+		if mt, ok := referrers[n]; ok {
+			oras(t, reg, dir, env, "attach", "--artifact-type", mt, ref, n+":"+mt)
+		}
 	}
 }
 

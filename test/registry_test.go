@@ -186,8 +186,13 @@ func TestRegistryPushPullRoundTrip(t *testing.T) {
 			t.Fatalf("tags %s: no %s", tags, fallback)
 		}
 		idx := reg.manifest(t, px.host, "kiln/small", fallback)
-		if len(idx.Manifests) != 1 || idx.Manifests[0].Digest != first.Signature || idx.Manifests[0].ArtifactType != "application/vnd.kiln.signature.v1" {
-			t.Fatalf("referrers index %+v, want the signature %s", idx.Manifests, first.Signature)
+		var artifactTypes []string
+		for _, m := range idx.Manifests {
+			artifactTypes = append(artifactTypes, m.ArtifactType)
+		}
+		if len(idx.Manifests) != 4 || idx.Manifests[0].Digest != first.Signature ||
+			strings.Join(artifactTypes, " ") != "application/vnd.kiln.signature.v1 application/spdx+json application/vnd.cyclonedx+json application/vnd.in-toto+json" {
+			t.Fatalf("referrers index %+v, want the signature %s, two SBOMs and the provenance", idx.Manifests, first.Signature)
 		}
 		sig := reg.manifest(t, px.host, "kiln/small", first.Signature)
 		if sig.Subject == nil || sig.Subject.Digest != first.Digest || len(sig.Layers) != 1 || sig.Layers[0].MediaType != "application/vnd.kiln.signature.v1+base64" {
@@ -580,12 +585,29 @@ func TestRegistryPullChecksConvertedImages(t *testing.T) {
 	// A converted image made after the build: not in the signed manifest.
 	unlisted := copyBuild(t, out, filepath.Join(dir, "unlisted"))
 	mustRun(t, kiln, "convert", "-q", filepath.Join(unlisted, "disk.img"), "--format", "vhd")
+	// The SBOMs the manifest lists left out, and one changed; the
+	// provenance of another build.
+	noSBOM := copyBuild(t, out, filepath.Join(dir, "nosbom"))
+	os.Remove(filepath.Join(noSBOM, "sbom.spdx.json"))
+	os.Remove(filepath.Join(noSBOM, "sbom.cdx.json"))
+	changedSBOM := copyBuild(t, out, filepath.Join(dir, "changedsbom"))
+	cdx := filepath.Join(changedSBOM, "sbom.cdx.json")
+	data, _ := os.ReadFile(cdx)
+	os.WriteFile(cdx, []byte(strings.Replace(string(data), `"version": "1.0.0"`, `"version": "6.6.6"`, 1)), 0o644)
+	otherDir := filepath.Join(dir, "otherbuild")
+	os.Mkdir(otherDir, 0o755)
+	other := buildSmall(t, otherDir, key+".key", "--set", "version=9.9.9")
+	otherProv := copyBuild(t, out, filepath.Join(dir, "otherprov"))
+	copyFile(t, filepath.Join(other, "provenance.intoto.json"), filepath.Join(otherProv, "provenance.intoto.json"))
 	for _, c := range []struct {
 		name, dir string
 		words     []string
 	}{
 		{"changed", changed, []string{"disk.qcow2 does not match the signed manifest.json", "digest disk.qcow2"}},
 		{"unlisted", unlisted, []string{"disk.vhd is not listed in the signed manifest.json", "--format vhd"}},
+		{"no-sbom", noSBOM, []string{"manifest.json lists sbom.spdx.json, which no referrer of type application/spdx+json holds"}},
+		{"changed-sbom", changedSBOM, []string{"sbom.cdx.json:", "manifest.json says"}},
+		{"other-provenance", otherProv, []string{"provenance.intoto.json: its subjects do not name this manifest.json"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// kiln push refuses these (TestRegistryPushRefusesUnvouched);

@@ -27,6 +27,12 @@ const FormatVersion = 2
 // by its number, not by an unknown field.
 const OutputsFormatVersion = 3
 
+// DocumentsFormatVersion is the format of a manifest that lists the
+// documents about the build (Documents: the SBOMs), with or without
+// converted images: format 4. A kiln that reads only formats 2 and 3
+// refuses it by its number.
+const DocumentsFormatVersion = 4
+
 // Manifest describes one image build.
 type Manifest struct {
 	Format          int         `json:"format"`
@@ -47,8 +53,34 @@ type Manifest struct {
 	Partitions []Partition `json:"partitions"`
 	Sources    []Source    `json:"sources,omitempty"`
 	// Outputs are the images converted from the disk image (kiln build
-	// --format), in the formats' order; only in format 3.
+	// --format), in the formats' order; in formats 3 and 4.
 	Outputs []Output `json:"outputs,omitempty"`
+	// Documents are the files about the build beside the image: the
+	// SBOMs (sbom.spdx.json, sbom.cdx.json); only in format 4, which
+	// always has them.
+	Documents []Document `json:"documents,omitempty"`
+}
+
+// Document is a file about the build in its output directory.
+type Document struct {
+	// Name is the file's name ("sbom.spdx.json").
+	Name string `json:"name"`
+	// MediaType says what it is ("application/spdx+json").
+	MediaType string `json:"media_type"`
+	// Size is the file's size in bytes.
+	Size int64 `json:"size"`
+	// SHA256 is the SHA-256 of the file (hex), as sha256sum prints it.
+	SHA256 string `json:"sha256"`
+}
+
+// Document returns the document with the given file name, or nil.
+func (m *Manifest) Document(name string) *Document {
+	for i := range m.Documents {
+		if m.Documents[i].Name == name {
+			return &m.Documents[i]
+		}
+	}
+	return nil
 }
 
 // Output is an image converted from the disk image: a file beside it in
@@ -218,12 +250,16 @@ func Parse(r io.Reader) (*Manifest, error) {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	switch {
-	case m.Format != FormatVersion && m.Format != OutputsFormatVersion:
-		return nil, fmt.Errorf("manifest: format %d, this kiln reads %d and %d (rebuild the image with this kiln)", m.Format, FormatVersion, OutputsFormatVersion)
+	case m.Format != FormatVersion && m.Format != OutputsFormatVersion && m.Format != DocumentsFormatVersion:
+		return nil, fmt.Errorf("manifest: format %d, this kiln reads %d, %d and %d (rebuild the image with this kiln)", m.Format, FormatVersion, OutputsFormatVersion, DocumentsFormatVersion)
 	case m.Format == FormatVersion && len(m.Outputs) > 0:
 		return nil, fmt.Errorf("manifest: format %d lists no outputs", m.Format)
 	case m.Format == OutputsFormatVersion && len(m.Outputs) == 0:
 		return nil, fmt.Errorf("manifest: format %d without outputs", m.Format)
+	case m.Format != DocumentsFormatVersion && len(m.Documents) > 0:
+		return nil, fmt.Errorf("manifest: format %d lists no documents", m.Format)
+	case m.Format == DocumentsFormatVersion && len(m.Documents) == 0:
+		return nil, fmt.Errorf("manifest: format %d without documents", m.Format)
 	}
 	if m.DiskSize <= 0 {
 		return nil, fmt.Errorf("manifest: disk_size %d", m.DiskSize)
@@ -258,6 +294,18 @@ func Parse(r io.Reader) (*Manifest, error) {
 			return nil, fmt.Errorf("manifest: output %q listed twice", o.Name)
 		}
 		names[o.Name] = true
+	}
+	for _, d := range m.Documents {
+		if d.Name == "" || d.Name == "." || d.Name == ".." || strings.ContainsAny(d.Name, "/\\\x00") {
+			return nil, fmt.Errorf("manifest: document %q: not a file name", d.Name)
+		}
+		if _, err := hex.DecodeString(d.SHA256); err != nil || len(d.SHA256) != 64 || d.Size < 0 {
+			return nil, fmt.Errorf("manifest: document %q: size %d, sha256 %q", d.Name, d.Size, d.SHA256)
+		}
+		if names[d.Name] {
+			return nil, fmt.Errorf("manifest: %q listed twice", d.Name)
+		}
+		names[d.Name] = true
 	}
 	return &m, nil
 }

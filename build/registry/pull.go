@@ -151,6 +151,9 @@ func (p *puller) pull(ctx context.Context, desc ocispec.Descriptor, m *ocispec.M
 			if err := p.signature(ctx, desc); err != nil {
 				return err
 			}
+			if err := p.documents(ctx, desc); err != nil {
+				return err
+			}
 		}
 	}
 	if p.o.Verifier == nil {

@@ -214,6 +214,10 @@ func PushBuild(ctx context.Context, dir, ref string, o PushOptions) (*Pushed, er
 	if err := b.vouch(ctx, layers, o.Progress); err != nil {
 		return nil, done(ctx, err)
 	}
+	docs, err := b.documents(o)
+	if err != nil {
+		return nil, err
+	}
 	c, err := o.connect(r)
 	if err != nil {
 		return nil, err
@@ -233,6 +237,9 @@ func PushBuild(ctx context.Context, dir, ref string, o PushOptions) (*Pushed, er
 		res.Signature = sres.Digest
 		res.Blobs = append(res.Blobs, sres.Blobs...)
 		res.Uploaded += sres.Uploaded
+	}
+	if err := c.pushDocuments(ctx, docs, desc, b.annotations()[ocispec.AnnotationCreated], res); err != nil {
+		return nil, err
 	}
 	return res, nil
 }

@@ -94,6 +94,7 @@ func loadManifest(ctx context.Context, r *Report, o Options) *manifest.Manifest 
 		var m *manifest.Manifest
 		if m, err = manifest.Parse(f); err == nil {
 			r.add("manifest", nil, fmt.Sprintf("%s %s (%s), %d partitions", m.Name, m.Version, m.Channel, len(m.Partitions)))
+			checkDocuments(r, o, m)
 			return m
 		}
 	}
