@@ -145,7 +145,8 @@ paycheck:
 FUZZ := ./build/payload:FuzzOpen ./build/payload/bsdiff:FuzzPatch ./build/verity:FuzzReadSuperblock \
         ./layout:FuzzReadTable ./sign:FuzzVerify ./internal/xzstream:FuzzXZ ./build/slot:FuzzDecode \
         ./internal/tpm2:FuzzResponse ./sign/authenticode:FuzzParse \
-        ./build/diskimage:FuzzQCOW2Read ./build/diskimage:FuzzVMDKRead ./build/diskimage:FuzzVHDRead ./build/diskimage:FuzzVHDXRead
+        ./build/diskimage:FuzzQCOW2Read ./build/diskimage:FuzzVMDKRead ./build/diskimage:FuzzVHDRead ./build/diskimage:FuzzVHDXRead \
+        ./build/sbom:FuzzReadDatabases
 FUZZTIME ?= 8s
 
 test: deps

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/kiln-os/kiln/build/tree"
 )
@@ -107,27 +110,61 @@ func resolveDirs(t *tree.Tree, p string) (string, bool) {
 }
 
 // hashFiles lists image's regular files with their SHA-1 and SHA-256, in
-// path order.
+// path order, hashing on every core.
 func hashFiles(image *tree.Tree) ([]FileEntry, error) {
-	var out []FileEntry
-	err := image.Walk(func(p string, n *tree.Inode) error {
-		if n.Type != tree.Regular {
-			return nil
+	type job struct {
+		path string
+		n    *tree.Inode
+	}
+	var jobs []job
+	if err := image.Walk(func(p string, n *tree.Inode) error {
+		if n.Type == tree.Regular {
+			jobs = append(jobs, job{"/" + p, n})
 		}
-		h1, h256 := sha1.New(), sha256.New()
-		if n.Content != nil {
-			rc, err := n.Content.Open()
-			if err != nil {
-				return fmt.Errorf("sbom: /%s: %w", p, err)
-			}
-			_, err = io.Copy(io.MultiWriter(h1, h256), io.LimitReader(rc, n.Size))
-			rc.Close()
-			if err != nil {
-				return fmt.Errorf("sbom: /%s: %w", p, err)
-			}
-		}
-		out = append(out, FileEntry{Path: "/" + p, SHA1: hex.EncodeToString(h1.Sum(nil)), SHA256: hex.EncodeToString(h256.Sum(nil))})
 		return nil
-	})
-	return out, err
+	}); err != nil {
+		return nil, err
+	}
+	out := make([]FileEntry, len(jobs))
+	errs := make([]error, len(jobs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.NumCPU(), max(len(jobs), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 256<<10)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(jobs) {
+					return
+				}
+				out[i], errs[i] = hashFile(jobs[i].path, jobs[i].n, buf)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// hashFile hashes one regular file's content.
+func hashFile(p string, n *tree.Inode, buf []byte) (FileEntry, error) {
+	h1, h256 := sha1.New(), sha256.New()
+	if n.Content != nil {
+		rc, err := n.Content.Open()
+		if err != nil {
+			return FileEntry{}, fmt.Errorf("sbom: %s: %w", p, err)
+		}
+		_, err = io.CopyBuffer(io.MultiWriter(h1, h256), io.LimitReader(rc, n.Size), buf)
+		rc.Close()
+		if err != nil {
+			return FileEntry{}, fmt.Errorf("sbom: %s: %w", p, err)
+		}
+	}
+	return FileEntry{Path: p, SHA1: hex.EncodeToString(h1.Sum(nil)), SHA256: hex.EncodeToString(h256.Sum(nil))}, nil
 }

@@ -123,3 +123,32 @@ func TestResolveDirs(t *testing.T) {
 		}
 	}
 }
+
+// Many files hashed on every core come out in path order, each with its
+// own digests.
+func TestScanFilesParallel(t *testing.T) {
+	tr := tree.New(time.Unix(0, 0))
+	for i := range 300 {
+		putFile(t, tr, "d/f"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+hex.EncodeToString([]byte{byte(i)}), strings.Repeat("y", i))
+	}
+	c, err := Scan(tr, "", tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Files) != 300 {
+		t.Fatalf("%d files", len(c.Files))
+	}
+	for i, f := range c.Files {
+		if i > 0 && c.Files[i-1].Path >= f.Path {
+			t.Fatalf("not in path order at %d: %s, %s", i, c.Files[i-1].Path, f.Path)
+		}
+		n, err := tr.Lookup(f.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256([]byte(strings.Repeat("y", int(n.Size))))
+		if f.SHA256 != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: sha256 %s", f.Path, f.SHA256)
+		}
+	}
+}
