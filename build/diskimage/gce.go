@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/flate"
@@ -271,7 +272,7 @@ func writeGCE(ctx context.Context, dst io.WriterAt, src *Source, o Options) (int
 	if err != nil {
 		return 0, err
 	}
-	if !equalSpans(runs, again) {
+	if !slices.Equal(runs, again) {
 		return 0, fmt.Errorf("the raw image changed while it was read")
 	}
 	// Padding to a whole block, the end-of-archive blocks, and zeros to a
@@ -290,16 +291,4 @@ func writeGCE(ctx context.Context, dst io.WriterAt, src *Source, o Options) (int
 	binary.LittleEndian.PutUint32(trailer[4:], uint32(tarLen))
 	out.Write(trailer[:])
 	return out.pos(), out.flush()
-}
-
-func equalSpans(a, b []span) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
