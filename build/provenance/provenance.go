@@ -12,7 +12,9 @@ package provenance
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -204,4 +206,25 @@ func Verify(r io.Reader, v sign.Verifier) (*Statement, error) {
 		}
 	}
 	return nil, fmt.Errorf("provenance: no signature verifies with %s: %w", v, verr)
+}
+
+// VerifyAbout verifies the envelope env with v (see Verify) and checks
+// that a subject of its statement is the file name whose bytes are data,
+// by SHA-256.
+func VerifyAbout(env []byte, v sign.Verifier, name string, data []byte) (*Statement, error) {
+	st, err := Verify(bytes.NewReader(env), v)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	want := hex.EncodeToString(sum[:])
+	for _, s := range st.Subject {
+		if s.Name == name {
+			if s.Digest["sha256"] != want {
+				return nil, fmt.Errorf("provenance: its subject %s has sha256 %s; this %s's is %s", name, s.Digest["sha256"], name, want)
+			}
+			return st, nil
+		}
+	}
+	return nil, fmt.Errorf("provenance: its subjects do not name %s", name)
 }

@@ -75,17 +75,8 @@ func (b *buildDir) documents(o PushOptions) ([]document, error) {
 // checkProvenance checks that env verifies with the key and is about the
 // manifest.json whose bytes are raw.
 func checkProvenance(env, raw []byte, o PushOptions) error {
-	st, err := provenance.Verify(bytes.NewReader(env), o.Verifier)
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(raw)
-	for _, s := range st.Subject {
-		if s.Name == ManifestFile && s.Digest["sha256"] == hex.EncodeToString(sum[:]) {
-			return nil
-		}
-	}
-	return fmt.Errorf("its subjects do not name this %s (sha256 %x)", ManifestFile, sum)
+	_, err := provenance.VerifyAbout(env, o.Verifier, ManifestFile, raw)
+	return err
 }
 
 // pushDocuments attaches the documents to the build (subject) as

@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -53,27 +52,14 @@ func checkDocuments(r *Report, o Options, m *manifest.Manifest) {
 }
 
 // checkProvenance checks that the envelope verifies with the key and that
-// its subject is manifest.json with this manifest's SHA-256.
+// its subject is this manifest.json.
 func checkProvenance(env []byte, o Options) error {
-	st, err := provenance.Verify(bytes.NewReader(env), o.Verifier)
-	if err != nil {
-		return err
-	}
 	data, err := readBounded(o.Manifest, maxDocument)
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(data)
-	want := hex.EncodeToString(sum[:])
-	for _, s := range st.Subject {
-		if s.Name == filepath.Base(o.Manifest) || s.Name == "manifest.json" {
-			if s.Digest["sha256"] != want {
-				return fmt.Errorf("its subject %s has sha256 %s; this manifest's is %s", s.Name, s.Digest["sha256"], want)
-			}
-			return nil
-		}
-	}
-	return fmt.Errorf("its subjects do not name manifest.json")
+	_, err = provenance.VerifyAbout(env, o.Verifier, "manifest.json", data)
+	return err
 }
 
 // readBounded reads a file of at most limit bytes.
